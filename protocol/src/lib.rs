@@ -1,0 +1,23 @@
+//! The contract shared by every Outpost program. No async runtime, no I/O.
+//!
+//! Module map:
+//! - [`reading`] — `Reading`, its identity (for de-duplication), quality flags, timestamps.
+//! - [`limits`] — decoder limits (bytes, records, nesting) and the typed [`DecodeError`].
+//! - [`senml`] — SenML (RFC 8428) packs in JSON and CBOR: decode with base-field
+//!   resolution, encode.
+//! - [`plain`] — the plain JSON object form `{"device":..,"ts":..,"temperature":21.5}`.
+//! - [`payload`] — one entry point that decodes any supported payload format.
+//! - [`batch`] — the gateway → sink uplink batch: CBOR, zstd-compressed, versioned.
+#![forbid(unsafe_code)]
+
+pub mod batch;
+pub mod limits;
+pub mod payload;
+pub mod plain;
+pub mod reading;
+pub mod senml;
+
+pub use batch::{BatchError, OutboxRecord, UplinkBatch};
+pub use limits::{DecodeError, DecodeLimits};
+pub use payload::{DecodeContext, PayloadFormat};
+pub use reading::{Quality, Reading, ReadingError, ReadingId, Timestamp};
