@@ -47,6 +47,21 @@ pub struct UplinkBatch {
     pub records: Vec<OutboxRecord>,
 }
 
+/// Just the version of a batch, read when the whole batch does not decode.
+#[derive(Deserialize)]
+struct BatchHeader {
+    schema_version: u16,
+}
+
+/// The zstd window (log2 bytes) a body needs to decompress to at most `max_bytes`:
+/// at least zstd's minimum (2^10), at most its default ceiling (2^27).
+fn window_log_for(max_bytes: usize) -> u32 {
+    max_bytes
+        .checked_next_power_of_two()
+        .map_or(usize::BITS, usize::trailing_zeros)
+        .clamp(10, 27)
+}
+
 /// Bounds applied when decoding a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BatchLimits {
@@ -92,7 +107,10 @@ pub enum BatchError {
 
 impl UplinkBatch {
     /// Builds a batch from records in outbox order.
-    pub fn new(gateway_id: impl Into<String>, records: Vec<OutboxRecord>) -> Result<Self, BatchError> {
+    pub fn new(
+        gateway_id: impl Into<String>,
+        records: Vec<OutboxRecord>,
+    ) -> Result<Self, BatchError> {
         let (first, last) = match (records.first(), records.last()) {
             (Some(f), Some(l)) => (f.seq, l.seq),
             _ => return Err(BatchError::Empty),
@@ -123,9 +141,18 @@ impl UplinkBatch {
     /// Decompresses (bounded), decodes and checks a batch body.
     pub fn decode(body: &[u8], limits: &BatchLimits) -> Result<Self, BatchError> {
         if body.len() > limits.max_compressed_bytes {
-            return Err(BatchError::TooLarge { size: body.len(), limit: limits.max_compressed_bytes });
+            return Err(BatchError::TooLarge {
+                size: body.len(),
+                limit: limits.max_compressed_bytes,
+            });
         }
-        let decoder = zstd::stream::read::Decoder::with_buffer(body).map_err(BatchError::Compression)?;
+        let mut decoder =
+            zstd::stream::read::Decoder::with_buffer(body).map_err(BatchError::Compression)?;
+        // A frame header may ask for a window of up to 2^27 bytes, allocated
+        // before any output: allow no more than the output limit needs.
+        decoder
+            .window_log_max(window_log_for(limits.max_decompressed_bytes))
+            .map_err(BatchError::Compression)?;
         let mut cbor = Vec::new();
         // Read one byte past the limit to tell "exactly at" from "over".
         decoder
@@ -133,15 +160,35 @@ impl UplinkBatch {
             .read_to_end(&mut cbor)
             .map_err(BatchError::Compression)?;
         if cbor.len() > limits.max_decompressed_bytes {
-            return Err(BatchError::DecompressedTooLarge { limit: limits.max_decompressed_bytes });
+            return Err(BatchError::DecompressedTooLarge {
+                limit: limits.max_decompressed_bytes,
+            });
         }
-        let batch: UplinkBatch = ciborium::de::from_reader_with_recursion_limit(cbor.as_slice(), 16)
-            .map_err(|e| BatchError::Cbor(e.to_string()))?;
+        let batch: UplinkBatch =
+            match ciborium::de::from_reader_with_recursion_limit(cbor.as_slice(), 16) {
+                Ok(batch) => batch,
+                Err(e) => {
+                    // A newer schema may not decode as this one at all (a new item
+                    // kind, say): report the version rather than a CBOR error.
+                    if let Ok(header) = ciborium::de::from_reader_with_recursion_limit::<
+                        BatchHeader,
+                        _,
+                    >(cbor.as_slice(), 16)
+                        && header.schema_version > SCHEMA_VERSION
+                    {
+                        return Err(BatchError::UnsupportedSchema(header.schema_version));
+                    }
+                    return Err(BatchError::Cbor(e.to_string()));
+                }
+            };
         if batch.schema_version > SCHEMA_VERSION {
             return Err(BatchError::UnsupportedSchema(batch.schema_version));
         }
         if batch.records.len() > limits.max_records {
-            return Err(BatchError::TooManyRecords { count: batch.records.len(), limit: limits.max_records });
+            return Err(BatchError::TooManyRecords {
+                count: batch.records.len(),
+                limit: limits.max_records,
+            });
         }
         batch.check()?;
         Ok(batch)
@@ -153,7 +200,10 @@ impl UplinkBatch {
             _ => return Err(BatchError::Empty),
         };
         if first != self.first_seq || last != self.last_seq {
-            return Err(BatchError::SequenceMismatch { first: self.first_seq, last: self.last_seq });
+            return Err(BatchError::SequenceMismatch {
+                first: self.first_seq,
+                last: self.last_seq,
+            });
         }
         if let Some(i) = self.records.windows(2).position(|w| w[0].seq >= w[1].seq) {
             return Err(BatchError::OutOfOrder(i + 1));
@@ -166,5 +216,248 @@ impl UplinkBatch {
         self.records.iter().map(|r| match &r.item {
             OutboxItem::Reading(reading) => (r.seq, reading),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::reading::{Quality, Timestamp};
+
+    use super::*;
+
+    fn record(seq: u64) -> OutboxRecord {
+        let mut r = Reading::new(
+            "pump-1",
+            "temp",
+            Timestamp(1_700_000_000_000_000_000 + seq as i64),
+            seq as f64,
+        )
+        .unwrap()
+        .with_unit("Cel");
+        r.seq = Some(seq * 10);
+        r.quality = Quality::CLOCK_UNSYNCED | Quality::STUCK;
+        OutboxRecord {
+            seq,
+            item: OutboxItem::Reading(r),
+        }
+    }
+
+    fn batch(seqs: impl IntoIterator<Item = u64>) -> UplinkBatch {
+        UplinkBatch::new("gw-1", seqs.into_iter().map(record).collect()).unwrap()
+    }
+
+    /// Compresses a batch as-is, without the checks `new` makes.
+    fn raw_body(b: &UplinkBatch) -> Vec<u8> {
+        let mut cbor = Vec::new();
+        ciborium::into_writer(b, &mut cbor).unwrap();
+        zstd::bulk::compress(&cbor, 3).unwrap()
+    }
+
+    #[test]
+    fn a_batch_survives_encode_and_decode_unchanged() {
+        let b = batch([3, 4, 7, 100]);
+        let body = b.encode(3).unwrap();
+        let back = UplinkBatch::decode(&body, &BatchLimits::default()).unwrap();
+        assert_eq!(back, b);
+        let seqs: Vec<u64> = back.readings().map(|(s, _)| s).collect();
+        assert_eq!(seqs, [3, 4, 7, 100]);
+    }
+
+    #[test]
+    fn new_refuses_empty_and_unordered_records() {
+        assert!(matches!(
+            UplinkBatch::new("gw", vec![]),
+            Err(BatchError::Empty)
+        ));
+        assert!(matches!(
+            UplinkBatch::new("gw", vec![record(2), record(1)]),
+            Err(BatchError::OutOfOrder(1))
+        ));
+        assert!(matches!(
+            UplinkBatch::new("gw", vec![record(1), record(1)]),
+            Err(BatchError::OutOfOrder(1))
+        ));
+    }
+
+    #[test]
+    fn decode_refuses_garbage() {
+        for body in [&b""[..], b"garbage", &[0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0]] {
+            let e = UplinkBatch::decode(body, &BatchLimits::default()).unwrap_err();
+            assert!(
+                matches!(e, BatchError::Compression(_) | BatchError::Cbor(_)),
+                "{e:?}"
+            );
+        }
+        // Valid zstd around bytes that are not a batch.
+        let body = zstd::bulk::compress(b"\xa1\x61x\x01", 3).unwrap();
+        assert!(matches!(
+            UplinkBatch::decode(&body, &BatchLimits::default()),
+            Err(BatchError::Cbor(_))
+        ));
+        // A CBOR text header claiming 2^63 bytes: an error, no allocation.
+        let body = zstd::bulk::compress(
+            &[0x7b, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x61],
+            3,
+        )
+        .unwrap();
+        assert!(matches!(
+            UplinkBatch::decode(&body, &BatchLimits::default()),
+            Err(BatchError::Cbor(_))
+        ));
+    }
+
+    #[test]
+    fn decode_refuses_a_body_that_decompresses_past_the_limit() {
+        let limits = BatchLimits {
+            max_decompressed_bytes: 1 << 20,
+            ..Default::default()
+        };
+        // One frame of 4 MiB of zeros: its window alone is over the limit.
+        let bomb = zstd::bulk::compress(&vec![0u8; 4 << 20], 19).unwrap();
+        assert!(bomb.len() < 4096, "{} bytes", bomb.len());
+        let e = UplinkBatch::decode(&bomb, &limits).unwrap_err();
+        assert!(matches!(e, BatchError::Compression(_)), "{e:?}");
+        // Eight frames of 512 KiB: each frame is fine, their sum is not.
+        let frame = zstd::bulk::compress(&vec![0u8; 512 << 10], 19).unwrap();
+        let bomb = frame.repeat(8);
+        assert!(bomb.len() < 4096, "{} bytes", bomb.len());
+        let e = UplinkBatch::decode(&bomb, &limits).unwrap_err();
+        assert!(
+            matches!(e, BatchError::DecompressedTooLarge { limit: 1_048_576 }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn decode_accepts_a_body_exactly_at_the_decompressed_limit() {
+        let b = batch([1, 2]);
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&b, &mut cbor).unwrap();
+        let limits = BatchLimits {
+            max_decompressed_bytes: cbor.len(),
+            ..Default::default()
+        };
+        assert_eq!(
+            UplinkBatch::decode(&b.encode(3).unwrap(), &limits).unwrap(),
+            b
+        );
+        let limits = BatchLimits {
+            max_decompressed_bytes: cbor.len() - 1,
+            ..Default::default()
+        };
+        assert!(matches!(
+            UplinkBatch::decode(&b.encode(3).unwrap(), &limits),
+            Err(BatchError::DecompressedTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn decode_refuses_out_of_order_records() {
+        let mut b = batch([1, 2, 3]);
+        b.records.swap(1, 2);
+        b.records[0] = record(1);
+        b.last_seq = 2;
+        let e = UplinkBatch::decode(&raw_body(&b), &BatchLimits::default()).unwrap_err();
+        assert!(matches!(e, BatchError::OutOfOrder(2)), "{e:?}");
+    }
+
+    #[test]
+    fn decode_refuses_first_or_last_seq_that_do_not_match_the_records() {
+        for (first, last) in [(0, 3), (1, 4), (3, 1)] {
+            let mut b = batch([1, 2, 3]);
+            (b.first_seq, b.last_seq) = (first, last);
+            let e = UplinkBatch::decode(&raw_body(&b), &BatchLimits::default()).unwrap_err();
+            assert!(matches!(e, BatchError::SequenceMismatch { .. }), "{e:?}");
+        }
+        let mut b = batch([1]);
+        b.records.clear();
+        let e = UplinkBatch::decode(&raw_body(&b), &BatchLimits::default()).unwrap_err();
+        assert!(matches!(e, BatchError::Empty), "{e:?}");
+    }
+
+    #[test]
+    fn decode_refuses_a_newer_schema_version() {
+        let mut b = batch([1]);
+        b.schema_version = SCHEMA_VERSION + 1;
+        let e = UplinkBatch::decode(&raw_body(&b), &BatchLimits::default()).unwrap_err();
+        assert!(matches!(e, BatchError::UnsupportedSchema(2)), "{e:?}");
+    }
+
+    #[test]
+    fn a_newer_schema_with_an_unknown_item_kind_is_reported_as_a_version_problem() {
+        use ciborium::Value;
+        let text = |s: &str| Value::Text(s.into());
+        let v2 = Value::Map(vec![
+            (text("schema_version"), Value::Integer(2.into())),
+            (text("gateway_id"), text("gw")),
+            (text("first_seq"), Value::Integer(1.into())),
+            (text("last_seq"), Value::Integer(1.into())),
+            (
+                text("records"),
+                Value::Array(vec![Value::Map(vec![
+                    (text("seq"), Value::Integer(1.into())),
+                    (
+                        text("item"),
+                        Value::Map(vec![(text("alert"), text("door open"))]),
+                    ),
+                ])]),
+            ),
+        ]);
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&v2, &mut cbor).unwrap();
+        let body = zstd::bulk::compress(&cbor, 3).unwrap();
+        let e = UplinkBatch::decode(&body, &BatchLimits::default()).unwrap_err();
+        assert!(matches!(e, BatchError::UnsupportedSchema(2)), "{e:?}");
+    }
+
+    #[test]
+    fn decode_refuses_too_many_records() {
+        let body = batch(1..=5).encode(3).unwrap();
+        let limits = BatchLimits {
+            max_records: 4,
+            ..Default::default()
+        };
+        let e = UplinkBatch::decode(&body, &limits).unwrap_err();
+        assert!(
+            matches!(e, BatchError::TooManyRecords { count: 5, limit: 4 }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn decode_refuses_a_body_over_the_compressed_limit_before_decompressing() {
+        let body = batch(1..=5).encode(3).unwrap();
+        let limits = BatchLimits {
+            max_compressed_bytes: body.len() - 1,
+            ..Default::default()
+        };
+        let e = UplinkBatch::decode(&body, &limits).unwrap_err();
+        assert!(
+            matches!(e, BatchError::TooLarge { size, limit } if size == body.len() && limit == body.len() - 1)
+        );
+    }
+
+    #[test]
+    fn decode_refuses_invalid_readings_inside_a_batch() {
+        let mut b = batch([1]);
+        let OutboxItem::Reading(r) = &mut b.records[0].item;
+        r.channel = String::new();
+        let e = UplinkBatch::decode(&raw_body(&b), &BatchLimits::default()).unwrap_err();
+        assert!(matches!(e, BatchError::Cbor(_)), "{e:?}");
+    }
+
+    #[test]
+    fn the_idempotency_key_is_gateway_first_and_last_seq() {
+        assert_eq!(batch([17, 18, 42]).idempotency_key(), "gw-1:17-42");
+        assert_eq!(batch([5]).idempotency_key(), "gw-1:5-5");
+    }
+
+    #[test]
+    fn the_zstd_window_allowed_follows_the_decompressed_limit() {
+        assert_eq!(window_log_for(0), 10);
+        assert_eq!(window_log_for(1 << 20), 20);
+        assert_eq!(window_log_for((1 << 20) + 1), 21);
+        assert_eq!(window_log_for(64 << 20), 26);
+        assert_eq!(window_log_for(usize::MAX), 27);
     }
 }

@@ -20,7 +20,10 @@ pub struct DecodeContext<'a> {
 
 impl<'a> DecodeContext<'a> {
     pub fn new(now: Timestamp) -> Self {
-        DecodeContext { now, default_device: None }
+        DecodeContext {
+            now,
+            default_device: None,
+        }
     }
 
     pub fn with_device(mut self, device: Option<&'a str>) -> Self {
@@ -69,8 +72,8 @@ impl PayloadFormat {
     }
 
     /// Guesses the format from content: a JSON array whose first element has a
-    /// SenML label is SenML JSON; other JSON is the plain form; a CBOR array or
-    /// map header is SenML CBOR.
+    /// SenML label is SenML JSON; other JSON is the plain form; a CBOR array
+    /// header is SenML CBOR (a SenML CBOR pack is always an array).
     pub fn detect(bytes: &[u8]) -> Result<PayloadFormat, DecodeError> {
         let trimmed = bytes.trim_ascii_start();
         match trimmed.first() {
@@ -81,7 +84,11 @@ impl PayloadFormat {
                 let looks_senml = [&b"\"bn\""[..], b"\"n\"", b"\"bt\"", b"\"bver\"", b"\"v\""]
                     .iter()
                     .any(|label| head.windows(label.len()).any(|w| w == *label));
-                Ok(if looks_senml { PayloadFormat::SenmlJson } else { PayloadFormat::Json })
+                Ok(if looks_senml {
+                    PayloadFormat::SenmlJson
+                } else {
+                    PayloadFormat::Json
+                })
             }
             Some(&b) if b >> 5 == 4 => Ok(PayloadFormat::SenmlCbor),
             Some(_) => Err(DecodeError::UnknownFormat),
@@ -105,5 +112,119 @@ impl FromStr for PayloadFormat {
             "auto" => Ok(PayloadFormat::Auto),
             other => Err(format!("unknown payload format {other:?}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detect_recognises_senml_json_by_its_labels() {
+        for p in [
+            &br#"[{"bn":"d/","n":"c","v":1}]"#[..],
+            br#"  [{"n":"d/c","v":1}]"#,
+            b"\n[{\"bver\":10}]",
+        ] {
+            assert_eq!(PayloadFormat::detect(p), Ok(PayloadFormat::SenmlJson));
+        }
+    }
+
+    #[test]
+    fn detect_takes_objects_and_other_arrays_for_plain_json() {
+        assert_eq!(
+            PayloadFormat::detect(br#"{"device":"d","t":1}"#),
+            Ok(PayloadFormat::Json)
+        );
+        assert_eq!(
+            PayloadFormat::detect(br#" [{"device":"d","t":1}]"#),
+            Ok(PayloadFormat::Json)
+        );
+    }
+
+    #[test]
+    fn detect_takes_a_cbor_array_header_for_senml_cbor() {
+        let pack = crate::senml::encode_cbor(&[Reading::new(
+            "d",
+            "c",
+            Timestamp(1_700_000_000_000_000_000),
+            1.0,
+        )
+        .unwrap()]);
+        assert_eq!(PayloadFormat::detect(&pack), Ok(PayloadFormat::SenmlCbor));
+        assert_eq!(
+            PayloadFormat::detect(&[0x9f, 0xff]),
+            Ok(PayloadFormat::SenmlCbor)
+        );
+    }
+
+    #[test]
+    fn detect_refuses_garbage_and_empty_input() {
+        assert_eq!(PayloadFormat::detect(b""), Err(DecodeError::Empty));
+        assert_eq!(PayloadFormat::detect(b"   \n"), Err(DecodeError::Empty));
+        for garbage in [
+            &b"hello"[..],
+            b"\x00\x01",
+            b"\xa1\x00\x00",
+            b"42",
+            b"\"str\"",
+        ] {
+            assert_eq!(
+                PayloadFormat::detect(garbage),
+                Err(DecodeError::UnknownFormat),
+                "{garbage:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn auto_decodes_each_format_the_same_as_its_own_decoder() {
+        let ctx = DecodeContext::new(Timestamp(1_700_000_000_000_000_000));
+        let limits = DecodeLimits::default();
+        let readings =
+            vec![Reading::new("d", "c", Timestamp(1_700_000_000_000_000_000), 1.5).unwrap()];
+        for (format, bytes) in [
+            (
+                PayloadFormat::SenmlJson,
+                crate::senml::encode_json(&readings),
+            ),
+            (
+                PayloadFormat::SenmlCbor,
+                crate::senml::encode_cbor(&readings),
+            ),
+            (
+                PayloadFormat::Json,
+                br#"{"device":"d","ts":1700000000,"c":1.5}"#.to_vec(),
+            ),
+        ] {
+            assert_eq!(
+                PayloadFormat::Auto.decode(&bytes, &ctx, &limits),
+                Ok(readings.clone()),
+                "{format}"
+            );
+            assert_eq!(
+                format.decode(&bytes, &ctx, &limits),
+                Ok(readings.clone()),
+                "{format}"
+            );
+        }
+        assert_eq!(
+            PayloadFormat::Auto.decode(b"nope", &ctx, &limits),
+            Err(DecodeError::UnknownFormat)
+        );
+    }
+
+    #[test]
+    fn format_names_round_trip_through_from_str() {
+        for f in [
+            PayloadFormat::SenmlJson,
+            PayloadFormat::SenmlCbor,
+            PayloadFormat::Json,
+            PayloadFormat::Auto,
+        ] {
+            assert_eq!(f.name().parse::<PayloadFormat>(), Ok(f));
+            assert_eq!(f.to_string(), f.name());
+        }
+        assert!("xml".parse::<PayloadFormat>().is_err());
     }
 }

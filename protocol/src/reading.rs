@@ -30,22 +30,33 @@ impl Timestamp {
         }
     }
 
-    /// From (fractional) seconds since the epoch; `None` when not finite or out of range.
+    /// From (fractional) seconds since the epoch, rounded to the nearest
+    /// nanosecond; `None` when not finite or out of range.
     pub fn from_secs_f64(secs: f64) -> Option<Self> {
-        let nanos = (secs * 1e9).round();
-        if nanos.is_finite() && nanos >= i64::MIN as f64 && nanos <= i64::MAX as f64 {
-            Some(Timestamp(nanos as i64))
-        } else {
-            None
+        if !secs.is_finite() {
+            return None;
         }
+        // Whole seconds and the fraction separately: `secs * 1e9` would round
+        // to a multiple of 256 ns for present-day times.
+        let whole = secs.trunc();
+        if whole.abs() > 1e10 {
+            return None;
+        }
+        let nanos = whole as i128 * 1_000_000_000 + ((secs - whole) * 1e9).round() as i128;
+        i64::try_from(nanos).ok().map(Timestamp)
     }
 
     pub fn from_millis(ms: i64) -> Self {
         Timestamp(ms.saturating_mul(1_000_000))
     }
 
+    /// Seconds since the epoch (f64 keeps ~0.24 µs for present-day times).
     pub fn as_secs_f64(self) -> f64 {
-        self.0 as f64 / 1e9
+        let (secs, nanos) = (
+            self.0.div_euclid(1_000_000_000),
+            self.0.rem_euclid(1_000_000_000),
+        );
+        secs as f64 + nanos as f64 / 1e9
     }
 
     pub fn as_millis(self) -> i64 {
@@ -99,7 +110,11 @@ pub enum ReadingError {
     #[error("{field} is empty")]
     EmptyName { field: &'static str },
     #[error("{field} is {len} bytes long, limit is {limit}")]
-    NameTooLong { field: &'static str, len: usize, limit: usize },
+    NameTooLong {
+        field: &'static str,
+        len: usize,
+        limit: usize,
+    },
     #[error("{field} contains a control character")]
     ControlCharacter { field: &'static str },
 }
@@ -174,7 +189,11 @@ impl Reading {
     }
 
     pub fn id(&self) -> ReadingId {
-        ReadingId { device: self.device.clone(), channel: self.channel.clone(), ts: self.ts }
+        ReadingId {
+            device: self.device.clone(),
+            channel: self.channel.clone(),
+            ts: self.ts,
+        }
     }
 
     /// Checks the invariants every stage relies on.
@@ -196,7 +215,11 @@ fn check_name(field: &'static str, s: &str, limit: usize) -> Result<(), ReadingE
         return Err(ReadingError::EmptyName { field });
     }
     if s.len() > limit {
-        return Err(ReadingError::NameTooLong { field, len: s.len(), limit });
+        return Err(ReadingError::NameTooLong {
+            field,
+            len: s.len(),
+            limit,
+        });
     }
     if s.chars().any(char::is_control) {
         return Err(ReadingError::ControlCharacter { field });
@@ -255,7 +278,10 @@ mod tests {
         ));
         assert!(matches!(
             Reading::new("d", "x".repeat(MAX_NAME_LEN + 1), Timestamp(0), 1.0),
-            Err(ReadingError::NameTooLong { field: "channel", .. })
+            Err(ReadingError::NameTooLong {
+                field: "channel",
+                ..
+            })
         ));
         assert!(matches!(
             Reading::new("d\n", "c", Timestamp(0), 1.0),
@@ -274,7 +300,10 @@ mod tests {
 
     #[test]
     fn timestamp_converts_seconds_and_rejects_non_finite() {
-        assert_eq!(Timestamp::from_secs_f64(1.5), Some(Timestamp(1_500_000_000)));
+        assert_eq!(
+            Timestamp::from_secs_f64(1.5),
+            Some(Timestamp(1_500_000_000))
+        );
         assert_eq!(Timestamp::from_secs_f64(f64::NAN), None);
         assert_eq!(Timestamp::from_secs_f64(1e30), None);
         assert_eq!(Timestamp(-1).as_millis(), -1);

@@ -1,0 +1,382 @@
+//! The ingest stage: one task that turns envelopes into durable outbox records
+//! and only then lets sources acknowledge.
+//!
+//! Group commit: the task takes every envelope waiting in the queue (up to
+//! `max_commit_batch`), appends them with atomic sled batches, flushes once,
+//! and resolves each envelope's `done` channel in arrival order. While a flush
+//! runs, new envelopes collect in the queue and form the next group, so the
+//! fsync rate adapts to load; `min_commit_interval` caps it.
+//!
+//! Full outbox (`block` policy): the group waits, unacknowledged, until the
+//! uplink frees space; the bounded queue fills and sources stop reading.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::{debug, error, warn};
+
+use crate::config::IngestConfig;
+use crate::envelope::{Commit, Content, Envelope};
+use crate::metrics::Metrics;
+use crate::outbox::{Outbox, OutboxError, QuarantineEntry};
+
+/// Reason code for an envelope that alone is larger than the whole outbox.
+const TOO_BIG_FOR_OUTBOX: &str = "too_big_for_outbox";
+
+#[derive(Debug)]
+pub struct Ingest {
+    outbox: Arc<Outbox>,
+    metrics: Metrics,
+    cfg: IngestConfig,
+    quarantine_payload_bytes: usize,
+}
+
+/// One envelope's work, prepared off the async runtime.
+enum Job {
+    Append { encoded: Vec<Vec<u8>>, readings: u64 },
+    Quarantine(QuarantineEntry),
+}
+
+impl Ingest {
+    pub fn new(outbox: Arc<Outbox>, metrics: Metrics, cfg: IngestConfig, quarantine_payload_bytes: usize) -> Self {
+        Ingest { outbox, metrics, cfg, quarantine_payload_bytes }
+    }
+
+    /// Runs until every sender of `rx` is dropped and the queue is drained.
+    pub async fn run(self, mut rx: mpsc::Receiver<Envelope>) {
+        let mut last_commit = Instant::now() - self.cfg.min_commit_interval;
+        while let Some(first) = rx.recv().await {
+            let earliest = last_commit + self.cfg.min_commit_interval;
+            if Instant::now() < earliest {
+                tokio::time::sleep_until(earliest.into()).await;
+            }
+            let mut group = Vec::with_capacity(64);
+            group.push(first);
+            while group.len() < self.cfg.max_commit_batch {
+                match rx.try_recv() {
+                    Ok(e) => group.push(e),
+                    Err(_) => break,
+                }
+            }
+            last_commit = Instant::now();
+            self.commit(group).await;
+        }
+        // Sources are gone; make sure nothing is left unflushed.
+        let outbox = self.outbox.clone();
+        match tokio::task::spawn_blocking(move || outbox.flush()).await {
+            Ok(Ok(())) => debug!("Ingest drained and flushed."),
+            Ok(Err(e)) => error!(error = %e, "Final outbox flush failed."),
+            Err(e) => error!(error = %e, "Final outbox flush panicked."),
+        }
+    }
+
+    fn prepare(&self, envelope: &mut Envelope) -> Job {
+        let content = std::mem::replace(&mut envelope.content, Content::Readings(Vec::new()));
+        match content {
+            Content::Readings(readings) => match Outbox::encode(&readings) {
+                Ok(encoded) => Job::Append { readings: readings.len() as u64, encoded },
+                Err(e) => Job::Quarantine(QuarantineEntry {
+                    received: envelope.received,
+                    origin: envelope.origin.clone(),
+                    reason: "encode_failed".into(),
+                    detail: e.to_string(),
+                    payload: Vec::new(),
+                    payload_len: 0,
+                }),
+            },
+            Content::Rejected { error, mut payload, payload_len } => {
+                payload.truncate(self.quarantine_payload_bytes);
+                Job::Quarantine(QuarantineEntry {
+                    received: envelope.received,
+                    origin: envelope.origin.clone(),
+                    reason: error.reason_code().into(),
+                    detail: error.to_string(),
+                    payload,
+                    payload_len,
+                })
+            }
+        }
+    }
+
+    async fn commit(&self, mut group: Vec<Envelope>) {
+        let started = Instant::now();
+        let jobs: Vec<Job> = group.iter_mut().map(|e| self.prepare(e)).collect();
+        let mut pending = jobs;
+        let mut done_upto = 0usize;
+        let mut stats = CommitStats::default();
+        // Write job by job; a full outbox (block policy) pauses here until the
+        // uplink frees space. Nothing is acknowledged before the final flush.
+        loop {
+            let outbox = self.outbox.clone();
+            let start = done_upto;
+            let result = tokio::task::spawn_blocking(move || {
+                let mut stats = CommitStats::default();
+                let r = write_jobs(&outbox, &mut pending, start, &mut stats).and_then(|()| {
+                    outbox.flush()?;
+                    stats.flushed = true;
+                    Ok(())
+                });
+                (pending, stats, r)
+            })
+            .await;
+            let (back, part, r) = match result {
+                Ok(x) => x,
+                Err(e) => {
+                    error!(error = %e, "Commit task panicked; messages stay unacknowledged.");
+                    fail_all(&mut group, "commit task panicked");
+                    return;
+                }
+            };
+            pending = back;
+            stats.merge(&part);
+            done_upto = part.next_job;
+            match r {
+                Ok(()) => break,
+                Err(OutboxError::Full { used, cap, needed }) => {
+                    self.metrics.outbox_full_waits.inc();
+                    warn!(used, cap, needed, "Outbox full; holding acknowledgements until the uplink frees space.");
+                    self.publish_gauges();
+                    tokio::select! {
+                        () = self.outbox.space_freed.notified() => {}
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                Err(e) => {
+                    error!(error = %e, "Outbox write failed; messages stay unacknowledged and will be redelivered.");
+                    fail_all(&mut group, &e.to_string());
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    return;
+                }
+            }
+        }
+        if stats.flushed {
+            self.metrics.fsyncs.inc();
+        }
+        self.metrics.readings_committed.inc_by(stats.readings);
+        self.metrics.outbox_dropped.inc_by(stats.dropped);
+        for reason in &stats.quarantined {
+            self.metrics.quarantine(reason);
+        }
+        if stats.dropped > 0 {
+            warn!(dropped = stats.dropped, "Outbox full; oldest unsent readings dropped (drop_oldest policy).");
+        }
+        self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.commit_envelopes.observe(group.len() as f64);
+        for e in &mut group {
+            if e.done.is_some() {
+                self.metrics.messages_acked.inc();
+            }
+            e.finish(Commit::Durable);
+        }
+        self.publish_gauges();
+        self.outbox.data_added.notify_one();
+    }
+
+    fn publish_gauges(&self) {
+        self.metrics.outbox_records.set(i64::try_from(self.outbox.depth()).unwrap_or(i64::MAX));
+        self.metrics.outbox_bytes.set(i64::try_from(self.outbox.bytes()).unwrap_or(i64::MAX));
+    }
+}
+
+#[derive(Debug, Default)]
+struct CommitStats {
+    readings: u64,
+    dropped: u64,
+    quarantined: Vec<String>,
+    next_job: usize,
+    flushed: bool,
+}
+
+impl CommitStats {
+    fn merge(&mut self, o: &CommitStats) {
+        self.readings += o.readings;
+        self.dropped += o.dropped;
+        self.quarantined.extend(o.quarantined.iter().cloned());
+        self.flushed |= o.flushed;
+    }
+}
+
+/// Writes jobs `start..` (blocking). On `Full`, `stats.next_job` says where to resume.
+fn write_jobs(outbox: &Outbox, jobs: &mut [Job], start: usize, stats: &mut CommitStats) -> Result<(), OutboxError> {
+    // Appends are grouped into atomic chunks of at most a quarter of the cap,
+    // so one commit never needs the whole outbox to be empty.
+    let chunk_cap = (outbox.max_bytes() / 4).max(1);
+    let mut i = start;
+    stats.next_job = start;
+    while i < jobs.len() {
+        let mut chunk: Vec<Vec<u8>> = Vec::new();
+        let mut chunk_readings = 0u64;
+        let mut chunk_cost = 0u64;
+        let mut j = i;
+        while j < jobs.len() {
+            match &mut jobs[j] {
+                Job::Append { encoded, readings } => {
+                    let cost = Outbox::cost(encoded);
+                    if cost > outbox.max_bytes() {
+                        let entry = QuarantineEntry {
+                            received: protocol::Timestamp::now(),
+                            origin: "ingest".into(),
+                            reason: TOO_BIG_FOR_OUTBOX.into(),
+                            detail: format!("{readings} readings need {cost} bytes; the outbox holds {}", outbox.max_bytes()),
+                            payload: Vec::new(),
+                            payload_len: 0,
+                        };
+                        outbox.quarantine(&entry)?;
+                        stats.quarantined.push(TOO_BIG_FOR_OUTBOX.into());
+                        *encoded = Vec::new();
+                        *readings = 0;
+                    } else if !chunk.is_empty() && chunk_cost + cost > chunk_cap {
+                        break;
+                    } else {
+                        chunk_cost += cost;
+                        chunk_readings += *readings;
+                        chunk.append(encoded);
+                        *readings = 0;
+                    }
+                }
+                Job::Quarantine(entry) => {
+                    if !entry.reason.is_empty() {
+                        outbox.quarantine(entry)?;
+                        stats.quarantined.push(std::mem::take(&mut entry.reason));
+                    }
+                }
+            }
+            j += 1;
+        }
+        match outbox.append_encoded(&chunk) {
+            Ok(outcome) => {
+                stats.readings += chunk_readings;
+                stats.dropped += outcome.dropped;
+                i = j;
+                stats.next_job = i;
+            }
+            Err(e) => {
+                // Put the chunk back so a retry writes exactly the same records.
+                restore_chunk(jobs, i, j, chunk, chunk_readings);
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Undo of the `append` moves above for jobs `i..j`: the whole chunk goes back
+/// into the first append job of the range (the others stay empty).
+fn restore_chunk(jobs: &mut [Job], i: usize, j: usize, chunk: Vec<Vec<u8>>, chunk_readings: u64) {
+    if let Some(Job::Append { encoded, readings }) = jobs[i..j].iter_mut().find(|job| matches!(job, Job::Append { .. })) {
+        *encoded = chunk;
+        *readings = chunk_readings;
+    }
+}
+
+fn fail_all(group: &mut [Envelope], why: &str) {
+    for e in group {
+        e.finish(Commit::Failed(why.to_owned()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{StorageConfig, WhenFull};
+    use bytesize::ByteSize;
+    use protocol::{Reading, Timestamp};
+
+    fn setup(max: u64, when_full: WhenFull) -> (tempfile::TempDir, Arc<Outbox>, Metrics) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StorageConfig { max_outbox_bytes: ByteSize::b(max), when_full, cache_capacity: ByteSize::mib(1), ..Default::default() };
+        let outbox = Arc::new(Outbox::open(dir.path(), &cfg).unwrap());
+        let metrics = Metrics::new(&mut prometheus_client::registry::Registry::default());
+        (dir, outbox, metrics)
+    }
+
+    fn envelope(i: i64) -> (Envelope, tokio::sync::oneshot::Receiver<Commit>) {
+        let r = Reading::new("dev", "ch", Timestamp(i), i as f64).unwrap();
+        Envelope::new("test".into(), Timestamp(i), Content::Readings(vec![r]))
+    }
+
+    #[tokio::test]
+    async fn envelopes_are_acknowledged_only_after_the_flush_and_in_order() {
+        let (_dir, outbox, metrics) = setup(1 << 20, WhenFull::Block);
+        let (tx, rx) = mpsc::channel(100);
+        let ingest = Ingest::new(outbox.clone(), metrics.clone(), IngestConfig::default(), 1024);
+        let mut receivers = Vec::new();
+        for i in 0..50 {
+            let (e, done) = envelope(i);
+            tx.send(e).await.unwrap();
+            receivers.push(done);
+        }
+        drop(tx);
+        ingest.run(rx).await;
+        for done in receivers {
+            assert_eq!(done.await.unwrap(), Commit::Durable);
+        }
+        assert_eq!(outbox.depth(), 50);
+        assert!(metrics.fsyncs.get() >= 1 && metrics.fsyncs.get() <= 50);
+        assert_eq!(metrics.messages_acked.get(), 50);
+    }
+
+    #[tokio::test]
+    async fn rejected_payloads_are_quarantined_and_acknowledged() {
+        let (_dir, outbox, metrics) = setup(1 << 20, WhenFull::Block);
+        let (tx, rx) = mpsc::channel(10);
+        let ingest = Ingest::new(outbox.clone(), metrics.clone(), IngestConfig::default(), 8);
+        let (e, done) = Envelope::new(
+            "mqtt:t".into(),
+            Timestamp(1),
+            Content::Rejected { error: protocol::DecodeError::Empty, payload: b"0123456789".to_vec(), payload_len: 10 },
+        );
+        tx.send(e).await.unwrap();
+        drop(tx);
+        ingest.run(rx).await;
+        assert_eq!(done.await.unwrap(), Commit::Durable);
+        let q = outbox.quarantine_list(10).unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].1.reason, "empty");
+        assert_eq!(q[0].1.payload, b"01234567".to_vec(), "payload kept up to the configured bytes");
+        assert_eq!(outbox.depth(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_outbox_under_block_holds_acknowledgements_until_space_is_freed() {
+        let (_dir, outbox, metrics) = setup(4_000, WhenFull::Block);
+        let (tx, rx) = mpsc::channel(1000);
+        let ingest = Ingest::new(outbox.clone(), metrics.clone(), IngestConfig::default(), 64);
+        let task = tokio::spawn(ingest.run(rx));
+        let mut receivers = Vec::new();
+        for i in 0..200 {
+            let (e, done) = envelope(i);
+            tx.send(e).await.unwrap();
+            receivers.push(done);
+        }
+        // Let ingest fill the outbox and block.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut acked_while_full = 0;
+        for r in &mut receivers {
+            if matches!(r.try_recv(), Ok(Commit::Durable)) {
+                acked_while_full += 1;
+            }
+        }
+        assert!(acked_while_full < 200, "everything was acked although the outbox is too small");
+        assert!(metrics.outbox_full_waits.get() >= 1);
+        // Drain like the uplink would, until every envelope is acknowledged.
+        let mut drained = 0u64;
+        let mut remaining: Vec<_> = receivers.into_iter().filter(|r| !r.is_terminated()).collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !remaining.is_empty() {
+            assert!(Instant::now() < deadline, "ingest never resumed");
+            let batch = outbox.read_batch(0, 1000, u64::MAX).unwrap();
+            if let (Some(f), Some(l)) = (batch.first(), batch.last()) {
+                drained += outbox.remove_range(f.seq, l.seq).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            remaining.retain_mut(|r| !matches!(r.try_recv(), Ok(Commit::Durable)));
+        }
+        drop(tx);
+        task.await.unwrap();
+        drained += outbox.depth();
+        assert_eq!(drained, 200, "every reading reached the outbox exactly once");
+        assert_eq!(metrics.outbox_dropped.get(), 0);
+    }
+}

@@ -1,0 +1,98 @@
+//! Prometheus metrics of the gateway (`outpost_gateway_*`), one registry.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+/// Every metric the gateway exports. Cloning shares the underlying values.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub messages_received: Counter,
+    pub readings_received: Counter,
+    pub readings_committed: Counter,
+    pub messages_acked: Counter,
+    pub quarantined: Family<ReasonLabel, Counter>,
+    pub outbox_records: Gauge,
+    pub outbox_bytes: Gauge,
+    pub outbox_dropped: Counter,
+    pub outbox_full_waits: Counter,
+    pub fsyncs: Counter,
+    pub commit_seconds: Histogram,
+    pub commit_envelopes: Histogram,
+    pub uplink_batches: Family<OutcomeLabel, Counter>,
+    pub uplink_readings_sent: Counter,
+    pub uplink_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub uplink_request_seconds: Histogram,
+    pub mqtt_connected: Gauge,
+    pub mqtt_connections: Counter,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Metrics {
+            messages_received: Counter::default(),
+            readings_received: Counter::default(),
+            readings_committed: Counter::default(),
+            messages_acked: Counter::default(),
+            quarantined: Family::default(),
+            outbox_records: Gauge::default(),
+            outbox_bytes: Gauge::default(),
+            outbox_dropped: Counter::default(),
+            outbox_full_waits: Counter::default(),
+            fsyncs: Counter::default(),
+            commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            commit_envelopes: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            uplink_batches: Family::default(),
+            uplink_readings_sent: Counter::default(),
+            uplink_lag_seconds: Gauge::default(),
+            uplink_request_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            mqtt_connected: Gauge::default(),
+            mqtt_connections: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("outpost_gateway");
+        r.register("messages_received", "Messages received from all sources", m.messages_received.clone());
+        r.register("readings_received", "Readings decoded from received messages", m.readings_received.clone());
+        r.register("readings_committed", "Readings made durable in the outbox", m.readings_committed.clone());
+        r.register("messages_acked", "Messages acknowledged to their sender after a durable commit", m.messages_acked.clone());
+        r.register("quarantined", "Payloads or readings quarantined, by reason code", m.quarantined.clone());
+        r.register("outbox_records", "Records in the outbox waiting for upload", m.outbox_records.clone());
+        r.register("outbox_bytes", "Bytes of the outbox counted against its cap", m.outbox_bytes.clone());
+        r.register("outbox_dropped", "Readings deleted unsent by the drop_oldest policy", m.outbox_dropped.clone());
+        r.register("outbox_full_waits", "Commits that waited because the outbox was full (block policy)", m.outbox_full_waits.clone());
+        r.register("fsyncs", "Outbox flushes (fsyncs)", m.fsyncs.clone());
+        r.register("commit_seconds", "Time of one group commit (append + flush)", m.commit_seconds.clone());
+        r.register("commit_envelopes", "Envelopes (messages) per group commit", m.commit_envelopes.clone());
+        r.register("uplink_batches", "Uplink batch attempts by outcome", m.uplink_batches.clone());
+        r.register("uplink_readings_sent", "Readings confirmed by the sink", m.uplink_readings_sent.clone());
+        r.register(
+            "uplink_lag_seconds",
+            "Seconds the outbox has had unsent records since the last confirmed upload (0 when empty)",
+            m.uplink_lag_seconds.clone(),
+        );
+        r.register("uplink_request_seconds", "Duration of uplink HTTP requests", m.uplink_request_seconds.clone());
+        r.register("mqtt_connected", "1 while connected to the MQTT broker", m.mqtt_connected.clone());
+        r.register("mqtt_connections", "MQTT connections established", m.mqtt_connections.clone());
+        m
+    }
+
+    pub fn quarantine(&self, reason: &str) {
+        self.quarantined.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
+    }
+
+    pub fn uplink(&self, outcome: &'static str) {
+        self.uplink_batches.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+}

@@ -1,0 +1,519 @@
+//! The durable outbox (and quarantine), on sled.
+//!
+//! Layout, one sled tree `outbox` so that one atomic batch can touch records
+//! and metadata together:
+//! - `r` + seq (u64 big-endian) → CBOR of [`OutboxItem`]; iteration order is seq order.
+//! - `m:next_seq` → the next sequence number (u64 BE), written in the same
+//!   atomic batch as the records it covers, so a sequence number is never
+//!   reused — not even after every record was uploaded and deleted. (The sink
+//!   de-duplicates on `(gateway, seq)`; a reused number would drop new data.)
+//!
+//! Nothing here is durable until [`Outbox::flush`] returns: the ingest stage
+//! appends many envelopes, flushes once (group commit), then acknowledges.
+//! Deletions after an upload are not flushed eagerly: if they are lost in a
+//! crash the records are sent again and the sink drops the duplicates.
+//!
+//! A separate tree `quarantine` keeps rejected payloads with a reason code,
+//! capped in bytes (oldest dropped first: quarantine is diagnostic data).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use bytesize::ByteSize;
+use protocol::batch::{OutboxItem, OutboxRecord};
+use protocol::{Reading, Timestamp};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::config::{StorageConfig, WhenFull};
+
+const RECORD_PREFIX: u8 = b'r';
+const NEXT_SEQ_KEY: &[u8] = b"m:next_seq";
+/// Bookkeeping bytes per record counted against the cap besides the value.
+const RECORD_OVERHEAD: u64 = 9 + 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("storage: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("outbox is full ({used} of {cap} bytes used, {needed} more needed)")]
+    Full { used: u64, cap: u64, needed: u64 },
+    #[error("a batch of {needed} bytes can never fit in an outbox of {cap} bytes")]
+    TooBigForOutbox { needed: u64, cap: u64 },
+    #[error("record {seq} is corrupt: {detail}")]
+    Corrupt { seq: u64, detail: String },
+    #[error("encoding: {0}")]
+    Encode(String),
+}
+
+/// What an append did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Sequence numbers given to the appended records (`first..=last`), if any.
+    pub seqs: Option<(u64, u64)>,
+    /// Oldest records deleted to make room (`drop_oldest` policy).
+    pub dropped: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    next_seq: u64,
+    records: u64,
+    bytes: u64,
+    quarantine_bytes: u64,
+    quarantine_next: u64,
+}
+
+/// A quarantined payload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineEntry {
+    pub received: Timestamp,
+    /// Where it came from, e.g. `mqtt:outpost/sensors/pump-1`.
+    pub origin: String,
+    /// Stable reason code, e.g. `syntax`, `non_finite_value`.
+    pub reason: String,
+    /// Human-readable detail.
+    pub detail: String,
+    /// The first bytes of the payload.
+    #[serde(with = "serde_bytes_compat")]
+    pub payload: Vec<u8>,
+    /// The payload's full length.
+    pub payload_len: usize,
+}
+
+/// The outbox. Cheap to share behind an `Arc`; methods are blocking (sled I/O),
+/// call them from `spawn_blocking` in async code when they may flush.
+#[derive(Debug)]
+pub struct Outbox {
+    db: sled::Db,
+    tree: sled::Tree,
+    quarantine: sled::Tree,
+    counters: Mutex<Counters>,
+    max_bytes: u64,
+    max_quarantine_bytes: u64,
+    when_full: WhenFull,
+    /// Signalled after records were deleted (room for a blocked ingest).
+    pub space_freed: Notify,
+    /// Signalled after records were appended and flushed (work for the uplink).
+    pub data_added: Notify,
+}
+
+fn record_key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = RECORD_PREFIX;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn key_seq(key: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+fn record_cost(value_len: usize) -> u64 {
+    value_len as u64 + RECORD_OVERHEAD
+}
+
+impl Outbox {
+    pub fn open(path: &Path, cfg: &StorageConfig) -> Result<Self, OutboxError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cfg.cache_capacity.as_u64())
+            // We decide when to fsync (group commit); no background flusher.
+            .flush_every_ms(None)
+            .mode(sled::Mode::LowSpace)
+            .open()?;
+        let tree = db.open_tree("outbox")?;
+        let quarantine = db.open_tree("quarantine")?;
+        let mut c = Counters::default();
+        for kv in tree.scan_prefix([RECORD_PREFIX]) {
+            let (k, v) = kv?;
+            c.records += 1;
+            c.bytes += record_cost(v.len());
+            if let Some(seq) = key_seq(&k) {
+                c.next_seq = c.next_seq.max(seq + 1);
+            }
+        }
+        if let Some(v) = tree.get(NEXT_SEQ_KEY)? {
+            let stored = <[u8; 8]>::try_from(v.as_ref()).map(u64::from_be_bytes).unwrap_or(0);
+            c.next_seq = c.next_seq.max(stored);
+        }
+        // Sequence numbers start at 1 so that 0 can mean "nothing yet".
+        c.next_seq = c.next_seq.max(1);
+        for kv in quarantine.iter() {
+            let (k, v) = kv?;
+            c.quarantine_bytes += v.len() as u64;
+            if let Ok(id) = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes) {
+                c.quarantine_next = c.quarantine_next.max(id + 1);
+            }
+        }
+        Ok(Outbox {
+            db,
+            tree,
+            quarantine,
+            counters: Mutex::new(c),
+            max_bytes: cfg.max_outbox_bytes.as_u64(),
+            max_quarantine_bytes: cfg.max_quarantine_bytes.as_u64(),
+            when_full: cfg.when_full,
+            space_freed: Notify::new(),
+            data_added: Notify::new(),
+        })
+    }
+
+    fn counters(&self) -> std::sync::MutexGuard<'_, Counters> {
+        // A poisoned lock only means another thread panicked mid-update of plain
+        // integers; the numbers are still usable.
+        self.counters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records waiting to be uploaded.
+    pub fn depth(&self) -> u64 {
+        self.counters().records
+    }
+
+    /// Bytes counted against `max_outbox_bytes`.
+    pub fn bytes(&self) -> u64 {
+        self.counters().bytes
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// The sequence number the next appended record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.counters().next_seq
+    }
+
+    /// Encodes readings for [`Outbox::append_encoded`]; separate so callers can
+    /// size a commit before taking the write path.
+    pub fn encode(readings: &[Reading]) -> Result<Vec<Vec<u8>>, OutboxError> {
+        readings
+            .iter()
+            .map(|r| {
+                let mut buf = Vec::with_capacity(96);
+                ciborium::into_writer(&OutboxItem::Reading(r.clone()), &mut buf)
+                    .map_err(|e| OutboxError::Encode(e.to_string()))?;
+                Ok(buf)
+            })
+            .collect()
+    }
+
+    /// Bytes the encoded values will occupy against the cap.
+    pub fn cost(encoded: &[Vec<u8>]) -> u64 {
+        encoded.iter().map(|v| record_cost(v.len())).sum()
+    }
+
+    /// Appends encoded items atomically (not yet durable: call [`Outbox::flush`]).
+    ///
+    /// When the cap would be exceeded: `block` returns [`OutboxError::Full`] and
+    /// writes nothing; `drop_oldest` deletes the oldest records in the same
+    /// atomic batch and reports how many.
+    pub fn append_encoded(&self, encoded: &[Vec<u8>]) -> Result<AppendOutcome, OutboxError> {
+        if encoded.is_empty() {
+            return Ok(AppendOutcome::default());
+        }
+        let needed = Self::cost(encoded);
+        if needed > self.max_bytes {
+            return Err(OutboxError::TooBigForOutbox { needed, cap: self.max_bytes });
+        }
+        let mut c = self.counters();
+        let mut batch = sled::Batch::default();
+        let mut dropped = 0u64;
+        let mut freed = 0u64;
+        if c.bytes + needed > self.max_bytes {
+            match self.when_full {
+                WhenFull::Block => return Err(OutboxError::Full { used: c.bytes, cap: self.max_bytes, needed }),
+                WhenFull::DropOldest => {
+                    for kv in self.tree.scan_prefix([RECORD_PREFIX]) {
+                        if c.bytes - freed + needed <= self.max_bytes {
+                            break;
+                        }
+                        let (k, v) = kv?;
+                        freed += record_cost(v.len());
+                        dropped += 1;
+                        batch.remove(k);
+                    }
+                }
+            }
+        }
+        let first = c.next_seq;
+        for (i, value) in encoded.iter().enumerate() {
+            batch.insert(&record_key(first + i as u64), value.as_slice());
+        }
+        let next = first + encoded.len() as u64;
+        batch.insert(NEXT_SEQ_KEY, &next.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        c.next_seq = next;
+        c.records = c.records + encoded.len() as u64 - dropped;
+        c.bytes = c.bytes + needed - freed;
+        Ok(AppendOutcome { seqs: Some((first, next - 1)), dropped })
+    }
+
+    /// Makes everything written so far durable (one fsync of sled's log).
+    pub fn flush(&self) -> Result<(), OutboxError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Up to `max_records` records (and about `max_bytes`) with seq ≥ `from`,
+    /// in order. Always returns at least one record if any exists.
+    pub fn read_batch(&self, from: u64, max_records: usize, max_bytes: u64) -> Result<Vec<OutboxRecord>, OutboxError> {
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for kv in self.tree.range(record_key(from)..=record_key(u64::MAX)) {
+            let (k, v) = kv?;
+            let Some(seq) = key_seq(&k) else { continue };
+            let cost = record_cost(v.len());
+            if !out.is_empty() && (out.len() >= max_records || bytes + cost > max_bytes) {
+                break;
+            }
+            let item: OutboxItem = ciborium::from_reader(v.as_ref())
+                .map_err(|e| OutboxError::Corrupt { seq, detail: e.to_string() })?;
+            bytes += cost;
+            out.push(OutboxRecord { seq, item });
+        }
+        Ok(out)
+    }
+
+    /// Deletes records `first..=last` after the sink confirmed them.
+    pub fn remove_range(&self, first: u64, last: u64) -> Result<u64, OutboxError> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0u64;
+        let mut freed = 0u64;
+        for kv in self.tree.range(record_key(first)..=record_key(last)) {
+            let (k, v) = kv?;
+            freed += record_cost(v.len());
+            n += 1;
+            batch.remove(k);
+        }
+        self.tree.apply_batch(batch)?;
+        {
+            let mut c = self.counters();
+            c.records = c.records.saturating_sub(n);
+            c.bytes = c.bytes.saturating_sub(freed);
+        }
+        self.space_freed.notify_waiters();
+        Ok(n)
+    }
+
+    /// The oldest record's reading timestamp, for the uplink-lag metric.
+    pub fn oldest(&self) -> Result<Option<OutboxRecord>, OutboxError> {
+        Ok(self.read_batch(0, 1, u64::MAX)?.into_iter().next())
+    }
+
+    /// Stores a rejected payload (not flushed by itself: the ingest stage
+    /// flushes it with the next group commit, before acknowledging the sender).
+    pub fn quarantine(&self, entry: &QuarantineEntry) -> Result<(), OutboxError> {
+        let mut value = Vec::with_capacity(entry.payload.len() + 128);
+        ciborium::into_writer(entry, &mut value).map_err(|e| OutboxError::Encode(e.to_string()))?;
+        let mut c = self.counters();
+        let mut batch = sled::Batch::default();
+        let mut freed = 0u64;
+        if c.quarantine_bytes + value.len() as u64 > self.max_quarantine_bytes {
+            for kv in self.quarantine.iter() {
+                if c.quarantine_bytes - freed + value.len() as u64 <= self.max_quarantine_bytes {
+                    break;
+                }
+                let (k, v) = kv?;
+                freed += v.len() as u64;
+                batch.remove(k);
+            }
+        }
+        let id = c.quarantine_next;
+        batch.insert(&id.to_be_bytes(), value.as_slice());
+        self.quarantine.apply_batch(batch)?;
+        c.quarantine_next += 1;
+        c.quarantine_bytes = c.quarantine_bytes + value.len() as u64 - freed;
+        Ok(())
+    }
+
+    /// The newest `limit` quarantine entries with their ids, newest first.
+    pub fn quarantine_list(&self, limit: usize) -> Result<Vec<(u64, QuarantineEntry)>, OutboxError> {
+        let mut out = Vec::new();
+        for kv in self.quarantine.iter().rev().take(limit) {
+            let (k, v) = kv?;
+            let id = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes).unwrap_or(0);
+            let entry: QuarantineEntry = ciborium::from_reader(v.as_ref())
+                .map_err(|e| OutboxError::Corrupt { seq: id, detail: e.to_string() })?;
+            out.push((id, entry));
+        }
+        Ok(out)
+    }
+
+    pub fn quarantine_bytes(&self) -> u64 {
+        self.counters().quarantine_bytes
+    }
+
+    /// Human summary for logs.
+    pub fn describe(&self) -> String {
+        let c = self.counters();
+        format!(
+            "{} records, {} of {} used, next seq {}",
+            c.records,
+            ByteSize::b(c.bytes),
+            ByteSize::b(self.max_bytes),
+            c.next_seq
+        )
+    }
+}
+
+/// `Vec<u8>` as a CBOR byte string rather than an array of integers.
+mod serde_bytes_compat {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(max: u64, when_full: WhenFull) -> StorageConfig {
+        StorageConfig {
+            max_outbox_bytes: ByteSize::b(max),
+            when_full,
+            cache_capacity: ByteSize::mib(1),
+            ..StorageConfig::default()
+        }
+    }
+
+    fn readings(n: usize, base: i64) -> Vec<Reading> {
+        (0..n).map(|i| Reading::new("dev", "ch", Timestamp(base + i as i64), i as f64).unwrap()).collect()
+    }
+
+    #[test]
+    fn appended_records_read_back_in_sequence_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
+        let out = ob.append_encoded(&Outbox::encode(&readings(5, 0)).unwrap()).unwrap();
+        assert_eq!(out.seqs, Some((1, 5)));
+        let batch = ob.read_batch(0, 3, u64::MAX).unwrap();
+        assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        let rest = ob.read_batch(4, 100, u64::MAX).unwrap();
+        assert_eq!(rest.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(ob.depth(), 5);
+    }
+
+    #[test]
+    fn sequence_numbers_are_never_reused_after_everything_was_deleted_and_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
+            ob.append_encoded(&Outbox::encode(&readings(3, 0)).unwrap()).unwrap();
+            ob.flush().unwrap();
+            ob.remove_range(1, 3).unwrap();
+            ob.flush().unwrap();
+            assert_eq!(ob.depth(), 0);
+        }
+        let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
+        assert_eq!(ob.next_seq(), 4);
+        let out = ob.append_encoded(&Outbox::encode(&readings(1, 10)).unwrap()).unwrap();
+        assert_eq!(out.seqs, Some((4, 4)));
+    }
+
+    #[test]
+    fn block_policy_refuses_to_write_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), &cfg(2_000, WhenFull::Block)).unwrap();
+        let enc = Outbox::encode(&readings(10, 0)).unwrap();
+        ob.append_encoded(&enc).unwrap();
+        let before = ob.depth();
+        let mut full = false;
+        for i in 0..100 {
+            match ob.append_encoded(&Outbox::encode(&readings(10, 100 * i)).unwrap()) {
+                Ok(_) => {}
+                Err(OutboxError::Full { .. }) => {
+                    full = true;
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(full, "the cap was never reached");
+        assert!(ob.bytes() <= 2_000);
+        assert!(ob.depth() >= before);
+        // Nothing was dropped: every sequence number is still there.
+        let all = ob.read_batch(0, usize::MAX, u64::MAX).unwrap();
+        assert_eq!(all.len() as u64, ob.depth());
+        assert_eq!(all[0].seq, 1);
+    }
+
+    #[test]
+    fn drop_oldest_policy_deletes_and_counts_the_oldest_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), &cfg(2_000, WhenFull::DropOldest)).unwrap();
+        let mut dropped = 0;
+        for i in 0..50 {
+            dropped += ob.append_encoded(&Outbox::encode(&readings(5, 10 * i)).unwrap()).unwrap().dropped;
+        }
+        assert!(dropped > 0);
+        assert!(ob.bytes() <= 2_000);
+        let all = ob.read_batch(0, usize::MAX, u64::MAX).unwrap();
+        assert_eq!(all.len() as u64 + dropped, 250);
+        // The newest records survive.
+        assert_eq!(all.last().unwrap().seq, 250);
+    }
+
+    #[test]
+    fn byte_accounting_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, depth) = {
+            let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
+            ob.append_encoded(&Outbox::encode(&readings(7, 0)).unwrap()).unwrap();
+            ob.flush().unwrap();
+            (ob.bytes(), ob.depth())
+        };
+        let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
+        assert_eq!((ob.bytes(), ob.depth()), (bytes, depth));
+    }
+
+    #[test]
+    fn quarantine_is_capped_and_lists_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(1 << 20, WhenFull::Block);
+        c.max_quarantine_bytes = ByteSize::b(2_000);
+        let ob = Outbox::open(dir.path(), &c).unwrap();
+        for i in 0..50 {
+            ob.quarantine(&QuarantineEntry {
+                received: Timestamp(i),
+                origin: "test".into(),
+                reason: "syntax".into(),
+                detail: format!("entry {i}"),
+                payload: vec![b'x'; 100],
+                payload_len: 100,
+            })
+            .unwrap();
+        }
+        assert!(ob.quarantine_bytes() <= 2_000);
+        let list = ob.quarantine_list(3).unwrap();
+        assert_eq!(list[0].1.detail, "entry 49");
+        assert_eq!(list[0].1.payload, vec![b'x'; 100]);
+    }
+}

@@ -1,0 +1,277 @@
+//! MQTT source (rumqttc): subscribe, decode, hand envelopes to ingest, and
+//! PUBACK only after the ingest stage says the message is durable.
+//!
+//! - Persistent session (`clean_session = false`) and QoS 1 subscriptions: the
+//!   broker keeps what we have not acknowledged across our restarts.
+//! - Manual acks, sent by one "acker" task that awaits each message's commit
+//!   result in arrival order, so PUBACKs leave in the order the PUBLISHes came
+//!   in (MQTT 3.1.1 §4.6.0-2). rumqttd was seen to lose a message for good when
+//!   acked out of order.
+//! - If a commit fails, acking stops and the connection is dropped, so the
+//!   broker redelivers everything unacknowledged after we reconnect.
+//! - Reconnects with exponential backoff and jitter.
+
+use std::time::Duration;
+
+use protocol::{DecodeContext, DecodeLimits, PayloadFormat, Timestamp};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::config::{MqttConfig, MqttMode, Subscription};
+use crate::envelope::{Commit, Content, Envelope};
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttSourceError {
+    #[error("cannot read {path}: {source}")]
+    ReadFile { path: String, source: std::io::Error },
+}
+
+/// How long to keep the connection alive after shutdown begins, so the acks of
+/// messages already committed can still reach the broker.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct MqttSource {
+    cfg: MqttConfig,
+    limits: DecodeLimits,
+    metrics: Metrics,
+}
+
+/// A message waiting for its commit result before it can be acked.
+struct PendingAck {
+    publish: Publish,
+    done: oneshot::Receiver<Commit>,
+    /// Which connection (counted from 1) delivered it.
+    connection: u64,
+}
+
+impl MqttSource {
+    pub fn new(cfg: MqttConfig, limits: DecodeLimits, metrics: Metrics) -> Self {
+        MqttSource { cfg, limits, metrics }
+    }
+
+    fn options(&self) -> Result<MqttOptions, MqttSourceError> {
+        let (host, port) = match self.cfg.mode {
+            MqttMode::External => (self.cfg.host.clone(), self.cfg.port),
+            MqttMode::Embedded => {
+                let listen = self.cfg.embedded.listen;
+                let ip = if listen.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { listen.ip() };
+                (ip.to_string(), listen.port())
+            }
+        };
+        let mut o = MqttOptions::new(self.cfg.client_id.clone(), host, port);
+        o.set_keep_alive(self.cfg.keep_alive);
+        o.set_clean_session(!self.cfg.persistent_session);
+        o.set_manual_acks(true);
+        o.set_inflight(self.cfg.inflight);
+        // Room for the largest accepted payload plus topic and headers; a bigger
+        // packet is refused by rumqttc with an error instead of being buffered.
+        let max = self.limits.max_bytes.saturating_add(64 * 1024);
+        o.set_max_packet_size(max, max);
+        if let Some(user) = &self.cfg.username {
+            o.set_credentials(user.clone(), self.cfg.password.clone().unwrap_or_default());
+        }
+        if let Some(tls) = &self.cfg.tls {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|source| MqttSourceError::ReadFile { path: p.display().to_string(), source })
+            };
+            let ca = read(&tls.ca_file)?;
+            let client_auth = match (&tls.client_cert, &tls.client_key) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
+            };
+            o.set_transport(Transport::Tls(TlsConfiguration::Simple { ca, alpn: None, client_auth }));
+        }
+        Ok(o)
+    }
+
+    /// Runs until `shutdown` flips to true; then drains pending acks and disconnects.
+    /// Dropping `tx` (on return) tells the ingest stage this source is done.
+    pub async fn run(self, tx: mpsc::Sender<Envelope>, mut shutdown: watch::Receiver<bool>) -> Result<(), MqttSourceError> {
+        let options = self.options()?;
+        let (client, mut eventloop) = AsyncClient::new(options, usize::from(self.cfg.inflight).max(16));
+        let (ack_tx, ack_rx) = mpsc::channel::<PendingAck>(usize::from(self.cfg.inflight).max(16) * 4);
+        let (failed_tx, mut failed_rx) = mpsc::channel::<()>(1);
+        let acker = tokio::spawn(ack_in_order(client.clone(), ack_rx, failed_tx));
+        let mut connection = 0u64;
+        let mut backoff = Backoff::new(self.cfg.reconnect_min, self.cfg.reconnect_max);
+        let subs = self.cfg.subscriptions.clone();
+
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some(()) = failed_rx.recv() => {
+                    warn!("A commit failed; reconnecting so the broker redelivers unacknowledged messages.");
+                    self.metrics.mqtt_connected.set(0);
+                    eventloop.clean();
+                    continue;
+                }
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        self.handle_publish(p, connection, &subs, &tx, &ack_tx).await;
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        info!(session_present = ack.session_present, "Connected to MQTT broker.");
+                        connection += 1;
+                        self.metrics.mqtt_connected.set(1);
+                        self.metrics.mqtt_connections.inc();
+                        backoff.reset();
+                        for s in &subs {
+                            if let Err(e) = client.try_subscribe(s.topic.clone(), QoS::AtLeastOnce) {
+                                error!(topic = %s.topic, error = %e, "Subscribe request failed.");
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(s))) => {
+                        if s.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                            error!(pkid = s.pkid, "Broker refused a subscription.");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.metrics.mqtt_connected.set(0);
+                        let delay = backoff.next_delay();
+                        warn!(error = %e, retry_in = ?delay, "MQTT connection failed.");
+                        tokio::select! {
+                            _ = shutdown.changed() => break,
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                }
+            }
+        }
+
+        // Shutdown: no new messages go to ingest (drop our sender); keep the
+        // connection polled until every committed message has been acked.
+        drop(tx);
+        drop(ack_tx);
+        let deadline = tokio::time::sleep(DRAIN_DEADLINE);
+        tokio::pin!(deadline);
+        let mut acker = acker;
+        loop {
+            tokio::select! {
+                _ = &mut acker => break,
+                () = &mut deadline => {
+                    warn!("Gave up waiting for pending acks; the broker will redeliver them.");
+                    break;
+                }
+                ev = eventloop.poll() => if ev.is_err() { tokio::time::sleep(Duration::from_millis(50)).await },
+            }
+        }
+        // Push the queued PUBACKs out, then disconnect cleanly.
+        if client.try_disconnect().is_ok() {
+            let flush_deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while tokio::time::Instant::now() < flush_deadline {
+                match tokio::time::timeout_at(flush_deadline, eventloop.poll()).await {
+                    Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(_)) => {}
+                }
+            }
+        }
+        self.metrics.mqtt_connected.set(0);
+        info!("MQTT source stopped.");
+        Ok(())
+    }
+
+    async fn handle_publish(
+        &self,
+        p: Publish,
+        connection: u64,
+        subs: &[Subscription],
+        tx: &mpsc::Sender<Envelope>,
+        ack_tx: &mpsc::Sender<PendingAck>,
+    ) {
+        self.metrics.messages_received.inc();
+        let received = Timestamp::now();
+        let topic = p.topic.clone();
+        let sub = subs.iter().find(|s| topic_matches(&s.topic, &topic));
+        let format = sub.map_or(PayloadFormat::Auto, |s| s.format);
+        let device = sub.and_then(|s| s.device_from_topic_level).and_then(|level| topic.split('/').nth(level));
+        let ctx = DecodeContext::new(received).with_device(device);
+        let content = match format.decode(&p.payload, &ctx, &self.limits) {
+            Ok(readings) => {
+                self.metrics.readings_received.inc_by(readings.len() as u64);
+                Content::Readings(readings)
+            }
+            Err(error) => {
+                debug!(topic = %topic, error = %error, "Payload rejected.");
+                Content::Rejected { error, payload: p.payload.to_vec(), payload_len: p.payload.len() }
+            }
+        };
+        let origin = format!("mqtt:{topic}");
+        if p.qos == QoS::AtMostOnce {
+            let _ = tx.send(Envelope::unacked(origin, received, content)).await;
+            return;
+        }
+        let (envelope, done) = Envelope::new(origin, received, content);
+        // Both channels are bounded: when ingest falls behind we stop polling
+        // the connection, and the broker stops sending (its inflight window).
+        if tx.send(envelope).await.is_err() {
+            return;
+        }
+        let _ = ack_tx.send(PendingAck { publish: p, done, connection }).await;
+    }
+}
+
+/// Acks messages strictly in arrival order, each after its commit.
+///
+/// When a commit fails, that message and every later one received on the same
+/// connection are left unacknowledged and the connection is dropped: the broker
+/// redelivers all of them, in order, on the next connection.
+async fn ack_in_order(client: AsyncClient, mut rx: mpsc::Receiver<PendingAck>, failed: mpsc::Sender<()>) {
+    let mut poisoned: Option<u64> = None;
+    while let Some(PendingAck { publish, done, connection }) = rx.recv().await {
+        let result = done.await;
+        if poisoned.is_some_and(|g| connection <= g) {
+            continue;
+        }
+        match result {
+            Ok(Commit::Durable) => {
+                if let Err(e) = client.ack(&publish).await {
+                    warn!(error = %e, "Could not queue PUBACK; the broker will redeliver.");
+                }
+            }
+            Ok(Commit::Failed(why)) => {
+                error!(reason = %why, pkid = publish.pkid, "Message not stored; not acknowledging it.");
+                poisoned = Some(connection);
+                let _ = failed.try_send(());
+            }
+            // Ingest went away (shutdown): leave it to the broker to redeliver.
+            Err(_) => poisoned = Some(connection),
+        }
+    }
+}
+
+/// MQTT topic filter matching (`+` one level, `#` the rest).
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_filters_match_like_a_broker() {
+        assert!(topic_matches("outpost/sensors/#", "outpost/sensors/p1"));
+        assert!(topic_matches("outpost/sensors/#", "outpost/sensors/p1/x"));
+        assert!(topic_matches("outpost/+/p1", "outpost/sensors/p1"));
+        assert!(!topic_matches("outpost/+/p1", "outpost/sensors/p2"));
+        assert!(!topic_matches("outpost/sensors", "outpost/sensors/p1"));
+        assert!(topic_matches("#", "anything/at/all"));
+    }
+}
