@@ -1,0 +1,195 @@
+//! Starting and stopping the sink: storage, TLS, listener, router.
+//!
+//! [`spawn`] does everything that can fail (validate the config, open storage,
+//! load TLS, bind) before it returns, so a caller knows the sink is serving
+//! when it gets a [`RunningSink`]. Integration tests use it with `127.0.0.1:0`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::config::{Config, Problem};
+use crate::metrics::Metrics;
+use crate::storage::sqlite::SqliteStorage;
+use crate::storage::{Storage, StorageError};
+
+/// Why the sink could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("invalid config:\n{}", .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<Problem>),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+    #[error("server task failed: {0}")]
+    Task(String),
+}
+
+/// A sink that is serving. Drop it and the server keeps running until the
+/// runtime stops; call [`RunningSink::shutdown`] to stop it gracefully.
+#[derive(Debug)]
+pub struct RunningSink {
+    local_addr: SocketAddr,
+    tls: bool,
+    grace: Duration,
+    handle: Handle<SocketAddr>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningSink {
+    /// The address actually bound (the real port when the config said 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Whether the sink serves HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:41234` (no trailing slash).
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr)
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the configured
+    /// grace period, then returns. A batch being stored when the grace period
+    /// ends is either committed or rolled back, never half-stored.
+    pub async fn shutdown(self) -> Result<(), SinkError> {
+        let grace = self.grace;
+        self.shutdown_within(grace).await
+    }
+
+    /// [`RunningSink::shutdown`] with an explicit grace period.
+    pub async fn shutdown_within(self, grace: Duration) -> Result<(), SinkError> {
+        self.handle.graceful_shutdown(Some(grace));
+        match self.task.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(SinkError::Serve(e)),
+            Err(e) => Err(SinkError::Task(e.to_string())),
+        }
+    }
+}
+
+/// Validates `config`, opens its SQLite database and starts serving.
+pub async fn spawn(config: Config) -> Result<RunningSink, SinkError> {
+    let problems = config.validate();
+    if !problems.is_empty() {
+        return Err(SinkError::Config(problems));
+    }
+    let storage = open_storage(&config).await?;
+    spawn_with_storage(config, storage).await
+}
+
+/// Opens the SQLite storage a config names, on the blocking pool.
+pub async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, SinkError> {
+    let Some(path) = config.storage.sqlite_path.clone() else {
+        return Err(SinkError::Config(vec![Problem {
+            key: "storage.sqlite_path".to_owned(),
+            message: "missing".to_owned(),
+        }]));
+    };
+    let busy = config.storage.busy_timeout;
+    let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(&path, busy))
+        .await
+        .map_err(|e| SinkError::Task(e.to_string()))??;
+    Ok(Arc::new(storage))
+}
+
+/// Starts serving with an already opened storage (any [`Storage`] implementation).
+pub async fn spawn_with_storage(
+    config: Config,
+    storage: Arc<dyn Storage>,
+) -> Result<RunningSink, SinkError> {
+    let tls = match &config.tls {
+        Some(tls) => match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) => Some(load_tls(cert, key)?),
+            _ => return Err(SinkError::Tls("[tls] needs both cert and key".to_owned())),
+        },
+        None => None,
+    };
+
+    let listener =
+        std::net::TcpListener::bind(config.listen).map_err(|source| SinkError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| SinkError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    let metrics = Arc::new(Metrics::new());
+    let app = crate::api::router(storage, metrics, config.batch_limits());
+    let handle: Handle<SocketAddr> = Handle::new();
+    let is_tls = tls.is_some();
+    let bind_err = |source| SinkError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let task = match tls {
+        Some(tls) => {
+            let server =
+                axum_server::tls_rustls::from_tcp_rustls(listener, tls).map_err(bind_err)?;
+            tokio::spawn(server.handle(handle.clone()).serve(app.into_make_service()))
+        }
+        None => {
+            let server = axum_server::from_tcp(listener).map_err(bind_err)?;
+            tokio::spawn(server.handle(handle.clone()).serve(app.into_make_service()))
+        }
+    };
+    info!(address = %local_addr, tls = is_tls, "Serving.");
+    Ok(RunningSink {
+        local_addr,
+        tls: is_tls,
+        grace: config.shutdown_grace,
+        handle,
+        task,
+    })
+}
+
+/// Builds the rustls server config with the aws-lc-rs provider passed
+/// explicitly (no process-wide default provider needed), HTTP/2 and HTTP/1.1.
+fn load_tls(cert: &Path, key: &Path) -> Result<RustlsConfig, SinkError> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| SinkError::Tls(format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(SinkError::Tls(format!(
+            "{}: no certificate found",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| SinkError::Tls(format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SinkError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            SinkError::Tls(format!(
+                "certificate and key do not match or are unusable: {e}"
+            ))
+        })?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(RustlsConfig::from_config(Arc::new(server)))
+}

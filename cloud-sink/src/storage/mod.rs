@@ -1,0 +1,119 @@
+//! Storage behind one trait, so PostgreSQL can join SQLite later.
+//!
+//! Methods are synchronous and may block (disk, locks); async callers run them
+//! on `tokio::task::spawn_blocking`. Every method is safe to call from many
+//! threads at once.
+//!
+//! Contract for [`Storage::ingest`]: the whole batch is stored in one
+//! transaction that is durable when the method returns `Ok`; a reading whose
+//! identity `(device, channel, ts)` is already stored, or whose `(gateway, seq)`
+//! is already stored, is counted as a duplicate and not stored again.
+
+pub mod sqlite;
+
+use protocol::UplinkBatch;
+use serde::Serialize;
+
+use crate::auth::TokenHash;
+
+/// Why storage failed. Every variant maps to HTTP 503 at ingest: the gateway
+/// keeps the batch and retries.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database schema version {found} is newer than this program understands ({supported})")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("journal mode is {0:?}, expected \"wal\"")]
+    NotWal(String),
+    #[error("gateway {0:?} already exists")]
+    GatewayExists(String),
+    #[error("gateway {0:?} is not registered")]
+    UnknownGateway(String),
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+/// What [`Storage::ingest`] did with a batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IngestOutcome {
+    /// Readings newly stored.
+    pub stored: u64,
+    /// Readings already stored (same identity, or same `(gateway, seq)`).
+    pub duplicates: u64,
+    /// Of the duplicates: readings refused because their `(gateway, seq)` was
+    /// already used by a reading with a *different* identity. Should be 0; a
+    /// non-zero value means a gateway reused sequence numbers (for example its
+    /// outbox was wiped) and those readings were NOT stored.
+    #[serde(skip)]
+    pub seq_conflicts: u64,
+}
+
+/// One stored reading, as the query API returns it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StoredReading {
+    pub device: String,
+    pub channel: String,
+    /// Nanoseconds since the Unix epoch.
+    pub ts_ns: i64,
+    pub value: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// The sensor's own sequence number, when it sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensor_seq: Option<u64>,
+    /// `protocol::Quality` bits.
+    pub quality: u16,
+    /// The gateway that delivered it, and its outbox sequence number.
+    pub gateway: String,
+    pub seq: u64,
+}
+
+/// Filter for [`Storage::query_readings`]. `from` is inclusive, `to` exclusive.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadingQuery {
+    pub device: Option<String>,
+    pub channel: Option<String>,
+    pub from_ns: Option<i64>,
+    pub to_ns: Option<i64>,
+    pub limit: u32,
+}
+
+/// Per-gateway counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GatewayStats {
+    pub name: String,
+    pub created_ns: i64,
+    /// Last accepted batch, `None` before the first.
+    pub last_seen_ns: Option<i64>,
+    pub batches: u64,
+    pub readings_stored: u64,
+    pub duplicates: u64,
+}
+
+/// Totals across all gateways.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub gateways: u64,
+    pub batches: u64,
+    pub readings_stored: u64,
+    pub duplicates: u64,
+}
+
+/// The sink's storage.
+pub trait Storage: Send + Sync + 'static {
+    /// Registers a gateway with the hash of its token.
+    fn add_gateway(&self, name: &str, token_hash: &TokenHash) -> Result<(), StorageError>;
+    /// The gateway a token hash belongs to.
+    fn gateway_for_token(&self, token_hash: &TokenHash) -> Result<Option<String>, StorageError>;
+    /// Stores a batch from `gateway` atomically and durably (see the module docs).
+    fn ingest(&self, gateway: &str, batch: &UplinkBatch) -> Result<IngestOutcome, StorageError>;
+    /// Readings matching `query`, ordered by time, then device, then channel.
+    fn query_readings(&self, query: &ReadingQuery) -> Result<Vec<StoredReading>, StorageError>;
+    /// Every gateway with its counters, ordered by name.
+    fn gateways(&self) -> Result<Vec<GatewayStats>, StorageError>;
+    /// Totals across all gateways.
+    fn totals(&self) -> Result<Totals, StorageError>;
+    /// Cheap liveness check of the backing store.
+    fn ping(&self) -> Result<(), StorageError>;
+}

@@ -1,0 +1,499 @@
+//! SQLite storage: one file, zero set-up.
+//!
+//! - WAL journal, so queries do not block ingest.
+//! - `synchronous = FULL`: the sink answers 200 only after COMMIT, and the
+//!   gateway then deletes the batch. With WAL, `NORMAL` skips the fsync at
+//!   commit and can lose the last transactions on power loss — a batch the
+//!   sink confirmed would be gone from both sides. `FULL` syncs the WAL on every
+//!   commit; one batch is one transaction, so that is one fsync per batch.
+//! - Two connections: one for writes, one for reads, each behind a mutex.
+//! - Readings are keyed by their identity `(device, channel, ts_ns)`, with a
+//!   unique index on `(gateway, seq)` too; `INSERT OR IGNORE` makes a re-sent
+//!   batch or reading a counted no-op.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use protocol::{Timestamp, UplinkBatch};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{
+    GatewayStats, IngestOutcome, ReadingQuery, Storage, StorageError, StoredReading, Totals,
+};
+use crate::auth::TokenHash;
+
+/// The schema version this code creates and reads (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS gateways (
+    name            TEXT PRIMARY KEY NOT NULL,
+    token_sha256    BLOB NOT NULL UNIQUE,
+    created_ns      INTEGER NOT NULL,
+    last_seen_ns    INTEGER,
+    batches         INTEGER NOT NULL DEFAULT 0,
+    readings_stored INTEGER NOT NULL DEFAULT 0,
+    duplicates      INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS readings (
+    device      TEXT NOT NULL,
+    channel     TEXT NOT NULL,
+    ts_ns       INTEGER NOT NULL,
+    value       REAL NOT NULL,
+    unit        TEXT,
+    sensor_seq  INTEGER,
+    quality     INTEGER NOT NULL,
+    gateway     TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    received_ns INTEGER NOT NULL,
+    PRIMARY KEY (device, channel, ts_ns)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS readings_gateway_seq ON readings (gateway, seq);
+";
+
+/// SQLite INTEGER is i64; sequence numbers are u64. Store the bit pattern so
+/// every u64 round-trips and stays unique.
+fn u64_to_sql(v: u64) -> i64 {
+    i64::from_ne_bytes(v.to_ne_bytes())
+}
+fn sql_to_u64(v: i64) -> u64 {
+    u64::from_ne_bytes(v.to_ne_bytes())
+}
+/// Counters are never negative; clamp defensively instead of wrapping.
+fn count(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// SQLite-backed [`Storage`].
+#[derive(Debug)]
+pub struct SqliteStorage {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+impl SqliteStorage {
+    /// Opens (creating when missing) the database at `path` and migrates it.
+    pub fn open(path: &Path, busy_timeout: Duration) -> Result<Self, StorageError> {
+        let writer = Connection::open(path)?;
+        configure(&writer, busy_timeout)?;
+        migrate(&writer)?;
+        let reader = Connection::open(path)?;
+        configure(&reader, busy_timeout)?;
+        Ok(SqliteStorage {
+            path: path.to_owned(),
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection usable: an open
+        // transaction is rolled back when its guard drops during unwinding.
+        self.writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        self.reader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn configure(conn: &Connection, busy_timeout: Duration) -> Result<(), StorageError> {
+    conn.busy_timeout(busy_timeout)?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StorageError::NotWal(mode));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+fn migrate(conn: &Connection) -> Result<(), StorageError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StorageError::SchemaTooNew {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    conn.execute_batch(SCHEMA)?;
+    if version < SCHEMA_VERSION {
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    Ok(())
+}
+
+impl Storage for SqliteStorage {
+    fn add_gateway(&self, name: &str, token_hash: &TokenHash) -> Result<(), StorageError> {
+        let conn = self.writer();
+        let result = conn.execute(
+            "INSERT INTO gateways (name, token_sha256, created_ns) VALUES (?1, ?2, ?3)",
+            params![name, token_hash.as_slice(), Timestamp::now().as_nanos()],
+        );
+        match result {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StorageError::GatewayExists(name.to_owned()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn gateway_for_token(&self, token_hash: &TokenHash) -> Result<Option<String>, StorageError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached("SELECT name FROM gateways WHERE token_sha256 = ?1")?;
+        Ok(stmt
+            .query_row(params![token_hash.as_slice()], |row| row.get(0))
+            .optional()?)
+    }
+
+    fn ingest(&self, gateway: &str, batch: &UplinkBatch) -> Result<IngestOutcome, StorageError> {
+        let now = Timestamp::now().as_nanos();
+        let mut conn = self.writer();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut outcome = IngestOutcome::default();
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO readings
+                   (device, channel, ts_ns, value, unit, sensor_seq, quality, gateway, seq, received_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            let mut exists = tx.prepare_cached(
+                "SELECT 1 FROM readings WHERE device = ?1 AND channel = ?2 AND ts_ns = ?3",
+            )?;
+            for (seq, r) in batch.readings() {
+                let changed = insert.execute(params![
+                    r.device,
+                    r.channel,
+                    r.ts.as_nanos(),
+                    r.value,
+                    r.unit,
+                    r.seq.map(u64_to_sql),
+                    r.quality.bits(),
+                    gateway,
+                    u64_to_sql(seq),
+                    now,
+                ])?;
+                if changed == 1 {
+                    outcome.stored += 1;
+                } else {
+                    outcome.duplicates += 1;
+                    // Ignored but the identity is absent: the (gateway, seq)
+                    // index refused it, so the gateway reused a sequence number.
+                    let same_identity =
+                        exists.exists(params![r.device, r.channel, r.ts.as_nanos()])?;
+                    if !same_identity {
+                        outcome.seq_conflicts += 1;
+                    }
+                }
+            }
+            let updated = tx.execute(
+                "UPDATE gateways SET batches = batches + 1,
+                        readings_stored = readings_stored + ?2,
+                        duplicates = duplicates + ?3,
+                        last_seen_ns = ?4
+                 WHERE name = ?1",
+                params![
+                    gateway,
+                    i64::try_from(outcome.stored).unwrap_or(i64::MAX),
+                    i64::try_from(outcome.duplicates).unwrap_or(i64::MAX),
+                    now
+                ],
+            )?;
+            if updated != 1 {
+                return Err(StorageError::UnknownGateway(gateway.to_owned()));
+            }
+        }
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    fn query_readings(&self, q: &ReadingQuery) -> Result<Vec<StoredReading>, StorageError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT device, channel, ts_ns, value, unit, sensor_seq, quality, gateway, seq
+               FROM readings
+              WHERE (?1 IS NULL OR device = ?1)
+                AND (?2 IS NULL OR channel = ?2)
+                AND (?3 IS NULL OR ts_ns >= ?3)
+                AND (?4 IS NULL OR ts_ns < ?4)
+              ORDER BY ts_ns, device, channel
+              LIMIT ?5",
+        )?;
+        let rows = stmt.query_map(
+            params![q.device, q.channel, q.from_ns, q.to_ns, q.limit],
+            |row| {
+                Ok(StoredReading {
+                    device: row.get(0)?,
+                    channel: row.get(1)?,
+                    ts_ns: row.get(2)?,
+                    value: row.get(3)?,
+                    unit: row.get(4)?,
+                    sensor_seq: row.get::<_, Option<i64>>(5)?.map(sql_to_u64),
+                    quality: row.get(6)?,
+                    gateway: row.get(7)?,
+                    seq: sql_to_u64(row.get(8)?),
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn gateways(&self) -> Result<Vec<GatewayStats>, StorageError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, created_ns, last_seen_ns, batches, readings_stored, duplicates
+               FROM gateways ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok(GatewayStats {
+                name: row.get(0)?,
+                created_ns: row.get(1)?,
+                last_seen_ns: row.get(2)?,
+                batches: count(row.get(3)?),
+                readings_stored: count(row.get(4)?),
+                duplicates: count(row.get(5)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn totals(&self) -> Result<Totals, StorageError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(batches), 0), COALESCE(SUM(readings_stored), 0),
+                    COALESCE(SUM(duplicates), 0)
+               FROM gateways",
+        )?;
+        Ok(stmt.query_row([], |row| {
+            Ok(Totals {
+                gateways: count(row.get(0)?),
+                batches: count(row.get(1)?),
+                readings_stored: count(row.get(2)?),
+                duplicates: count(row.get(3)?),
+            })
+        })?)
+    }
+
+    fn ping(&self) -> Result<(), StorageError> {
+        let conn = self.reader();
+        conn.query_row("SELECT COUNT(*) FROM gateways", [], |row| {
+            row.get::<_, i64>(0)
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::hash_token;
+    use protocol::Reading;
+    use protocol::batch::{OutboxItem, OutboxRecord};
+
+    fn batch(gateway: &str, seqs: std::ops::RangeInclusive<u64>, ts_offset: i64) -> UplinkBatch {
+        let records = seqs
+            .map(|seq| OutboxRecord {
+                seq,
+                item: OutboxItem::Reading(
+                    Reading::new(
+                        "dev-1",
+                        "temp",
+                        Timestamp(seq as i64 + ts_offset),
+                        seq as f64,
+                    )
+                    .unwrap(),
+                ),
+            })
+            .collect();
+        UplinkBatch::new(gateway, records).unwrap()
+    }
+
+    fn open() -> (tempfile::TempDir, SqliteStorage) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage =
+            SqliteStorage::open(&dir.path().join("sink.db"), Duration::from_secs(1)).unwrap();
+        storage.add_gateway("gw", &hash_token("t")).unwrap();
+        (dir, storage)
+    }
+
+    #[test]
+    fn opening_sets_wal_and_full_synchronous() {
+        let (_dir, storage) = open();
+        let conn = storage.writer();
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        let sync: i64 = conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(sync, 2, "FULL is 2");
+    }
+
+    #[test]
+    fn a_batch_stored_twice_is_stored_once_and_counted_as_duplicates() {
+        let (_dir, storage) = open();
+        let b = batch("gw", 1..=5, 0);
+        assert_eq!(
+            storage.ingest("gw", &b).unwrap(),
+            IngestOutcome {
+                stored: 5,
+                duplicates: 0,
+                seq_conflicts: 0
+            }
+        );
+        assert_eq!(
+            storage.ingest("gw", &b).unwrap(),
+            IngestOutcome {
+                stored: 0,
+                duplicates: 5,
+                seq_conflicts: 0
+            }
+        );
+        let totals = storage.totals().unwrap();
+        assert_eq!(
+            (totals.readings_stored, totals.duplicates, totals.batches),
+            (5, 5, 2)
+        );
+        let all = storage
+            .query_readings(&ReadingQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(all.len(), 5);
+    }
+
+    #[test]
+    fn a_reused_sequence_number_with_a_new_identity_is_reported_as_a_conflict() {
+        let (_dir, storage) = open();
+        storage.ingest("gw", &batch("gw", 1..=3, 0)).unwrap();
+        let outcome = storage.ingest("gw", &batch("gw", 1..=3, 1000)).unwrap();
+        assert_eq!(
+            outcome,
+            IngestOutcome {
+                stored: 0,
+                duplicates: 3,
+                seq_conflicts: 3
+            }
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_above_i64_max_round_trip() {
+        let (_dir, storage) = open();
+        storage
+            .ingest("gw", &batch("gw", u64::MAX - 1..=u64::MAX, -(1 << 40)))
+            .unwrap();
+        let all = storage
+            .query_readings(&ReadingQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [u64::MAX - 1, u64::MAX]
+        );
+    }
+
+    #[test]
+    fn query_filters_by_device_channel_and_half_open_time_range() {
+        let (_dir, storage) = open();
+        storage.ingest("gw", &batch("gw", 1..=10, 0)).unwrap();
+        let q = ReadingQuery {
+            device: Some("dev-1".into()),
+            channel: Some("temp".into()),
+            from_ns: Some(3),
+            to_ns: Some(6),
+            limit: 100,
+        };
+        let got: Vec<i64> = storage
+            .query_readings(&q)
+            .unwrap()
+            .iter()
+            .map(|r| r.ts_ns)
+            .collect();
+        assert_eq!(got, [3, 4, 5]);
+        let q = ReadingQuery {
+            device: Some("other".into()),
+            limit: 100,
+            ..Default::default()
+        };
+        assert!(storage.query_readings(&q).unwrap().is_empty());
+        let q = ReadingQuery {
+            limit: 2,
+            ..Default::default()
+        };
+        assert_eq!(storage.query_readings(&q).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn adding_a_gateway_twice_fails_and_tokens_resolve_to_their_gateway() {
+        let (_dir, storage) = open();
+        assert!(matches!(
+            storage.add_gateway("gw", &hash_token("u")),
+            Err(StorageError::GatewayExists(_))
+        ));
+        assert_eq!(
+            storage
+                .gateway_for_token(&hash_token("t"))
+                .unwrap()
+                .as_deref(),
+            Some("gw")
+        );
+        assert_eq!(
+            storage.gateway_for_token(&hash_token("nope")).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn ingest_for_an_unregistered_gateway_stores_nothing() {
+        let (_dir, storage) = open();
+        assert!(matches!(
+            storage.ingest("ghost", &batch("ghost", 1..=2, 0)),
+            Err(StorageError::UnknownGateway(_))
+        ));
+        assert!(
+            storage
+                .query_readings(&ReadingQuery {
+                    limit: 10,
+                    ..Default::default()
+                })
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn data_survives_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sink.db");
+        {
+            let s = SqliteStorage::open(&path, Duration::from_secs(1)).unwrap();
+            s.add_gateway("gw", &hash_token("t")).unwrap();
+            s.ingest("gw", &batch("gw", 1..=4, 0)).unwrap();
+        }
+        let s = SqliteStorage::open(&path, Duration::from_secs(1)).unwrap();
+        assert_eq!(s.totals().unwrap().readings_stored, 4);
+        assert_eq!(
+            s.ingest("gw", &batch("gw", 1..=4, 0)).unwrap().duplicates,
+            4
+        );
+    }
+}

@@ -1,0 +1,415 @@
+//! Command line (clap derive) and its validation into [`RunConfig`] / [`BenchConfig`].
+//!
+//! Validation reports every problem at once, each naming its flag.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, Parser, Subcommand};
+use protocol::Timestamp;
+use rumqttc::QoS;
+
+use crate::bench::BenchConfig;
+use crate::fleet::FleetConfig;
+use crate::publish::mqtt::MqttConfig;
+use crate::run::{RunConfig, StopAfter};
+use crate::signal::Channel;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outpost-firmware-sim",
+    version,
+    about = "Simulated Outpost sensor fleet with ground truth."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Simulate a fleet of pumps and publish their readings over MQTT.
+    Run(Box<RunArgs>),
+    /// Measure the raw broker → bare subscriber rate (the benchmark baseline).
+    BenchBroker(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("stop").required(true).args(["duration", "count"])))]
+pub struct RunArgs {
+    /// MQTT broker as HOST:PORT.
+    #[arg(long, env = "OUTPOST_SIM_BROKER", default_value = "127.0.0.1:1883")]
+    pub broker: String,
+    /// Number of simulated devices.
+    #[arg(long, default_value_t = 10)]
+    pub devices: usize,
+    /// Messages per second across the fleet (0 = as fast as the inflight window allows).
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Publish for this long (e.g. 30s, 5m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Publish this many messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// MQTT QoS: 0 or 1.
+    #[arg(long, default_value_t = 1)]
+    pub qos: u8,
+    /// Seed of every random choice; the same seed gives the same readings.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write injected anomalies here (CSV: device,channel,start_ns,end_ns,kind,magnitude).
+    #[arg(long, value_name = "FILE")]
+    pub ground_truth: Option<PathBuf>,
+    /// Write every reading of every ACKED message here (device,channel,ts_ns,value).
+    #[arg(long, value_name = "FILE")]
+    pub acked_log: Option<PathBuf>,
+    /// Write the summary as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
+    /// Topic prefix; messages go to {prefix}/{device}.
+    #[arg(long, default_value = "outpost/sensors")]
+    pub topic_prefix: String,
+    /// Probability per device tick that an anomaly starts, in [0, 1].
+    #[arg(long, default_value_t = 0.001)]
+    pub anomaly_rate: f64,
+    /// One reading per message instead of one SenML pack per device per tick.
+    #[arg(long)]
+    pub single: bool,
+    /// MQTT client id (default: outpost-sim-{pid}).
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// MQTT username.
+    #[arg(long, env = "OUTPOST_SIM_USERNAME")]
+    pub username: Option<String>,
+    /// MQTT password.
+    #[arg(long, env = "OUTPOST_SIM_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Most messages published and not yet acked.
+    #[arg(long, default_value_t = 100)]
+    pub max_inflight: u16,
+    /// Simulated time of the first reading: RFC 3339 (2025-01-01T00:00:00Z) or "now".
+    #[arg(long, default_value = "now")]
+    pub start_time: String,
+    /// Simulated time between two readings of one device (default: devices / rate,
+    /// ×5 with --single; 1s when the rate is unlimited).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub sim_step: Option<Duration>,
+    /// Give up when the broker cannot be reached for this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// After the last publish, wait at most this long for PUBACKs.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// MQTT keep-alive.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub keep_alive: Duration,
+    /// Device names are {prefix}{index:04}.
+    #[arg(long, default_value = "pump-")]
+    pub device_prefix: String,
+    /// Never show a progress bar (it is shown only when stderr is a terminal anyway).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// MQTT broker as HOST:PORT.
+    #[arg(long, env = "OUTPOST_SIM_BROKER", default_value = "127.0.0.1:1883")]
+    pub broker: String,
+    /// Messages to send.
+    #[arg(long, default_value_t = 10_000)]
+    pub count: u64,
+    /// MQTT QoS: 0 or 1.
+    #[arg(long, default_value_t = 1)]
+    pub qos: u8,
+    /// Payload size in bytes (≥ 16; a 5-channel SenML pack is about 300).
+    #[arg(long, default_value_t = 300)]
+    pub payload_bytes: usize,
+    /// Publisher inflight window.
+    #[arg(long, default_value_t = 100)]
+    pub max_inflight: u16,
+    /// Give up this long after the first publish.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Topic (default: outpost/bench/{pid}).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Write the report as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// Every problem found in the arguments, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid arguments:\n  {}", .0.join("\n  "))]
+pub struct ConfigError(pub Vec<String>);
+
+fn parse_broker(s: &str, problems: &mut Vec<String>) -> (String, u16) {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() => match port.parse::<u16>() {
+            Ok(p) if p > 0 => (host.trim_matches(['[', ']']).to_owned(), p),
+            _ => {
+                problems.push(format!("--broker {s:?}: port must be 1..65535"));
+                (String::new(), 0)
+            }
+        },
+        _ => {
+            problems.push(format!("--broker {s:?}: expected HOST:PORT"));
+            (String::new(), 0)
+        }
+    }
+}
+
+fn parse_qos(q: u8, problems: &mut Vec<String>) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => {
+            problems.push(format!("--qos {q}: must be 0 or 1"));
+            QoS::AtLeastOnce
+        }
+    }
+}
+
+fn parse_start(s: &str, problems: &mut Vec<String>) -> Timestamp {
+    let t = if s == "now" {
+        SystemTime::now()
+    } else {
+        match humantime::parse_rfc3339_weak(s) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(format!("--start-time {s:?}: {e}"));
+                return Timestamp::now();
+            }
+        }
+    };
+    let ns = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_nanos()).ok());
+    match ns {
+        // Whole milliseconds keep the first timestamps readable.
+        Some(ns) if ns >= (1i64 << 28) * 1_000_000_000 => Timestamp(ns - ns % 1_000_000),
+        _ => {
+            problems.push(format!("--start-time {s:?}: must be after 1978-07-04 (SenML reads earlier times as relative)"));
+            Timestamp::now()
+        }
+    }
+}
+
+impl RunArgs {
+    /// Validates and builds the run configuration. `progress`: stderr is a terminal.
+    pub fn into_config(
+        self,
+        stderr_is_terminal: bool,
+    ) -> Result<(RunConfig, Option<PathBuf>), ConfigError> {
+        let mut p = Vec::new();
+        let (host, port) = parse_broker(&self.broker, &mut p);
+        let qos = parse_qos(self.qos, &mut p);
+        if self.devices == 0 {
+            p.push("--devices: must be at least 1".into());
+        }
+        if !self.rate.is_finite() || self.rate < 0.0 {
+            p.push(format!("--rate {}: must be ≥ 0", self.rate));
+        }
+        if !(0.0..=1.0).contains(&self.anomaly_rate) {
+            p.push(format!(
+                "--anomaly-rate {}: must be a probability in [0, 1]",
+                self.anomaly_rate
+            ));
+        }
+        if self.max_inflight == 0 {
+            p.push("--max-inflight: must be at least 1".into());
+        }
+        if self.duration.is_some_and(|d| d.is_zero()) {
+            p.push("--duration: must be positive".into());
+        }
+        if self.count == Some(0) {
+            p.push("--count: must be at least 1".into());
+        }
+        if self.topic_prefix.is_empty() || self.topic_prefix.contains(['+', '#']) {
+            p.push(format!(
+                "--topic-prefix {:?}: must be non-empty, without wildcards",
+                self.topic_prefix
+            ));
+        }
+        if self.device_prefix.contains(['/', ':', '+', '#'])
+            || self.device_prefix.chars().any(char::is_control)
+        {
+            p.push(format!(
+                "--device-prefix {:?}: must not contain / : + # or control characters",
+                self.device_prefix
+            ));
+        }
+        if self.username.is_none() && self.password.is_some() {
+            p.push("--password: given without --username".into());
+        }
+        let start = parse_start(&self.start_time, &mut p);
+        let per_message = if self.single {
+            Channel::ALL.len() as f64
+        } else {
+            1.0
+        };
+        let step = match self.sim_step {
+            Some(s) => s,
+            None if self.rate > 0.0 && self.rate.is_finite() => Duration::from_secs_f64(
+                (self.devices.max(1) as f64 * per_message / self.rate).min(86_400.0),
+            ),
+            None => Duration::from_secs(1),
+        };
+        // Whole microseconds, at least one.
+        let step_ns = i64::try_from(step.as_micros())
+            .unwrap_or(i64::MAX / 2)
+            .max(1)
+            * 1_000;
+        if self.sim_step.is_some_and(|s| s < Duration::from_micros(1)) {
+            p.push("--sim-step: must be at least 1µs".into());
+        }
+        let stop = match (self.duration, self.count) {
+            (Some(d), None) => StopAfter::Duration(d),
+            (None, Some(n)) => StopAfter::Count(n),
+            _ => {
+                p.push("exactly one of --duration and --count is required".into());
+                StopAfter::Count(0)
+            }
+        };
+        if !p.is_empty() {
+            return Err(ConfigError(p));
+        }
+        let cfg = RunConfig {
+            fleet: FleetConfig {
+                devices: self.devices,
+                seed: self.seed,
+                start,
+                step_ns,
+                anomaly_rate: self.anomaly_rate,
+                device_prefix: self.device_prefix,
+            },
+            mqtt: MqttConfig {
+                host,
+                port,
+                client_id: self
+                    .client_id
+                    .unwrap_or_else(|| format!("outpost-sim-{}", std::process::id())),
+                credentials: self
+                    .username
+                    .map(|u| (u, self.password.unwrap_or_default())),
+                qos,
+                max_inflight: self.max_inflight,
+                connect_timeout: self.connect_timeout,
+                keep_alive: self.keep_alive,
+            },
+            rate: self.rate,
+            stop,
+            single: self.single,
+            topic_prefix: self.topic_prefix.trim_end_matches('/').to_owned(),
+            ground_truth: self.ground_truth,
+            acked_log: self.acked_log,
+            drain_timeout: self.drain_timeout,
+            progress: stderr_is_terminal && !self.no_progress,
+        };
+        Ok((cfg, self.summary_json))
+    }
+}
+
+impl BenchArgs {
+    pub fn into_config(self) -> Result<(BenchConfig, Option<PathBuf>), ConfigError> {
+        let mut p = Vec::new();
+        let (host, port) = parse_broker(&self.broker, &mut p);
+        let qos = parse_qos(self.qos, &mut p);
+        if self.count == 0 {
+            p.push("--count: must be at least 1".into());
+        }
+        if self.payload_bytes < 16 {
+            p.push("--payload-bytes: must be at least 16".into());
+        }
+        if self.max_inflight == 0 {
+            p.push("--max-inflight: must be at least 1".into());
+        }
+        if !p.is_empty() {
+            return Err(ConfigError(p));
+        }
+        let pid = std::process::id();
+        Ok((
+            BenchConfig {
+                host,
+                port,
+                count: self.count,
+                qos,
+                payload_bytes: self.payload_bytes,
+                max_inflight: self.max_inflight,
+                timeout: self.timeout,
+                topic: self.topic.unwrap_or_else(|| format!("outpost/bench/{pid}")),
+                client_id_prefix: format!("outpost-bench-{pid}"),
+            },
+            self.json,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut v = vec!["outpost-firmware-sim", "run"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).map(|c| match c.command {
+            Command::Run(r) => *r,
+            Command::BenchBroker(_) => panic!("not run"),
+        })
+    }
+
+    #[test]
+    fn every_bad_flag_is_reported_at_once() {
+        let args = parse(&[
+            "--count",
+            "5",
+            "--broker",
+            "nohost",
+            "--qos",
+            "2",
+            "--devices",
+            "0",
+            "--anomaly-rate",
+            "3",
+        ])
+        .unwrap();
+        let e = args.into_config(false).unwrap_err();
+        assert_eq!(e.0.len(), 4, "{e}");
+        assert!(e.to_string().contains("--broker"));
+        assert!(e.to_string().contains("--qos"));
+    }
+
+    #[test]
+    fn duration_or_count_is_required_but_not_both() {
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--count", "1", "--duration", "1s"]).is_err());
+        assert!(parse(&["--duration", "1s"]).is_ok());
+    }
+
+    #[test]
+    fn the_default_step_is_one_over_the_per_device_rate_in_whole_microseconds() {
+        let (cfg, _) = parse(&[
+            "--count",
+            "1",
+            "--devices",
+            "3",
+            "--rate",
+            "7",
+            "--start-time",
+            "2025-01-01T00:00:00.123456Z",
+        ])
+        .unwrap()
+        .into_config(false)
+        .unwrap();
+        assert_eq!(cfg.fleet.step_ns, 428_571_000);
+        assert_eq!(cfg.fleet.start.0 % 1_000_000, 0);
+        let (single, _) = parse(&["--count", "1", "--devices", "2", "--rate", "10", "--single"])
+            .unwrap()
+            .into_config(false)
+            .unwrap();
+        assert_eq!(single.fleet.step_ns, 1_000_000_000);
+    }
+}
