@@ -38,7 +38,11 @@ pub async fn serve(
         .route("/metrics", get(metrics_handler))
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .with_state(AdminState { registry, metrics, outbox });
+        .with_state(AdminState {
+            registry,
+            metrics,
+            outbox,
+        });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|s| *s).await;
@@ -49,7 +53,14 @@ pub async fn serve(
 async fn metrics_handler(State(s): State<AdminState>) -> Response {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
-        Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response(),
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
@@ -63,9 +74,17 @@ async fn health(State(s): State<AdminState>) -> Response {
         "outbox_max_bytes": s.outbox.max_bytes(),
         "uplink_lag_seconds": s.metrics.uplink_lag_seconds.get(),
     });
-    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn ready(State(s): State<AdminState>) -> StatusCode {
-    if s.metrics.mqtt_connected.get() == 1 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+    if s.metrics.mqtt_connected.get() == 1 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }

@@ -16,15 +16,23 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff { min, max: max.max(min), attempt: 0 }
+        Backoff {
+            min,
+            max: max.max(min),
+            attempt: 0,
+        }
     }
 
     /// The next delay; each call advances the attempt counter.
     pub fn next_delay(&mut self) -> Duration {
-        let step = self.min.saturating_mul(1u32 << self.attempt.min(20)).min(self.max);
+        let step = self
+            .min
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let half = step / 2;
-        let jitter_nanos = rand::rng().random_range(0..=half.as_nanos().min(u128::from(u64::MAX)) as u64);
+        let jitter_nanos =
+            rand::rng().random_range(0..=half.as_nanos().min(u128::from(u64::MAX)) as u64);
         half + Duration::from_nanos(jitter_nanos)
     }
 
@@ -49,7 +57,11 @@ mod tests {
         for step in expected_steps {
             let d = b.next_delay();
             let step = Duration::from_millis(step);
-            assert!(d >= step / 2 && d <= step, "{d:?} not in [{:?}, {step:?}]", step / 2);
+            assert!(
+                d >= step / 2 && d <= step,
+                "{d:?} not in [{:?}, {step:?}]",
+                step / 2
+            );
         }
     }
 

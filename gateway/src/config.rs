@@ -100,7 +100,11 @@ pub struct IngestConfig {
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        IngestConfig { queue_capacity: 4096, max_commit_batch: 2048, min_commit_interval: Duration::from_millis(5) }
+        IngestConfig {
+            queue_capacity: 4096,
+            max_commit_batch: 2048,
+            min_commit_interval: Duration::from_millis(5),
+        }
     }
 }
 
@@ -118,7 +122,11 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         let d = DecodeLimits::default();
-        LimitsConfig { max_payload_bytes: ByteSize::b(d.max_bytes as u64), max_records: d.max_records, max_depth: d.max_depth }
+        LimitsConfig {
+            max_payload_bytes: ByteSize::b(d.max_bytes as u64),
+            max_records: d.max_records,
+            max_depth: d.max_depth,
+        }
     }
 }
 
@@ -282,7 +290,10 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9100)), enabled: true }
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
+            enabled: true,
+        }
     }
 }
 
@@ -369,29 +380,43 @@ impl fmt::Display for ConfigProblem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid { path: PathBuf, problems: Vec<ConfigProblem> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<ConfigProblem>,
+    },
 }
 
 impl GatewayConfig {
     /// Reads, parses, applies environment overrides and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::from_toml(&text, path)
     }
 
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut cfg: GatewayConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let mut cfg: GatewayConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         cfg.apply_env();
         let problems = cfg.validate();
         if problems.is_empty() {
             Ok(cfg)
         } else {
-            Err(ConfigError::Invalid { path: path.into(), problems })
+            Err(ConfigError::Invalid {
+                path: path.into(),
+                problems,
+            })
         }
     }
 
@@ -411,8 +436,16 @@ impl GatewayConfig {
     /// Every problem, each with the key it is about. Empty means valid.
     pub fn validate(&self) -> Vec<ConfigProblem> {
         let mut p = Vec::new();
-        let mut bad = |key: &str, message: String| p.push(ConfigProblem { key: key.into(), message });
-        if self.gateway_id.is_empty() || self.gateway_id.len() > 128 || self.gateway_id.chars().any(char::is_control) {
+        let mut bad = |key: &str, message: String| {
+            p.push(ConfigProblem {
+                key: key.into(),
+                message,
+            })
+        };
+        if self.gateway_id.is_empty()
+            || self.gateway_id.len() > 128
+            || self.gateway_id.chars().any(char::is_control)
+        {
             bad("gateway_id", "must be 1..=128 printable characters".into());
         }
         if self.storage.cache_capacity.as_u64() < 1024 * 1024 {
@@ -428,7 +461,10 @@ impl GatewayConfig {
             bad("ingest.max_commit_batch", "must be at least 1".into());
         }
         if self.ingest.min_commit_interval > Duration::from_secs(1) {
-            bad("ingest.min_commit_interval", "must be at most 1s (it delays every acknowledgement)".into());
+            bad(
+                "ingest.min_commit_interval",
+                "must be at most 1s (it delays every acknowledgement)".into(),
+            );
         }
         if self.limits.max_payload_bytes.as_u64() == 0 {
             bad("limits.max_payload_bytes", "must be positive".into());
@@ -440,10 +476,16 @@ impl GatewayConfig {
             bad("limits.max_depth", "must be within 2..=64".into());
         }
         match &self.mqtt {
-            None => bad("mqtt", "no source is configured; add an [mqtt] section".into()),
+            None => bad(
+                "mqtt",
+                "no source is configured; add an [mqtt] section".into(),
+            ),
             Some(m) => {
                 if m.subscriptions.is_empty() {
-                    bad("mqtt.subscriptions", "at least one subscription is needed".into());
+                    bad(
+                        "mqtt.subscriptions",
+                        "at least one subscription is needed".into(),
+                    );
                 }
                 for (i, s) in m.subscriptions.iter().enumerate() {
                     if let Err(e) = check_topic_filter(&s.topic) {
@@ -460,7 +502,10 @@ impl GatewayConfig {
                     bad("mqtt.inflight", "must be at least 1".into());
                 }
                 if m.reconnect_min > m.reconnect_max {
-                    bad("mqtt.reconnect_min", "must not exceed mqtt.reconnect_max".into());
+                    bad(
+                        "mqtt.reconnect_min",
+                        "must not exceed mqtt.reconnect_max".into(),
+                    );
                 }
                 if m.password.is_some() && m.username.is_none() {
                     bad("mqtt.password", "a password needs a username".into());
@@ -487,19 +532,30 @@ impl GatewayConfig {
                 }
             }
         }
-        let mut bad = |key: &str, message: String| p.push(ConfigProblem { key: key.into(), message });
+        let mut bad = |key: &str, message: String| {
+            p.push(ConfigProblem {
+                key: key.into(),
+                message,
+            })
+        };
         let u = &self.uplink;
         match reqwest::Url::parse(&u.url) {
             Err(e) => bad("uplink.url", format!("not a URL: {e}")),
             Ok(url) => match url.scheme() {
                 "https" => {}
                 "http" if is_loopback_host(&url) => {}
-                "http" => bad("uplink.url", "plain http is allowed only to a loopback address; use https".into()),
+                "http" => bad(
+                    "uplink.url",
+                    "plain http is allowed only to a loopback address; use https".into(),
+                ),
                 other => bad("uplink.url", format!("scheme {other:?} is not http(s)")),
             },
         }
         match (&u.token, &u.token_file) {
-            (None, None) => bad("uplink.token", format!("no token: set uplink.token, uplink.token_file or {ENV_UPLINK_TOKEN}")),
+            (None, None) => bad(
+                "uplink.token",
+                format!("no token: set uplink.token, uplink.token_file or {ENV_UPLINK_TOKEN}"),
+            ),
             (Some(t), _) if t.trim().is_empty() => bad("uplink.token", "is empty".into()),
             _ => {}
         }
@@ -513,7 +569,10 @@ impl GatewayConfig {
             bad("uplink.compression_level", "must be within 1..=19".into());
         }
         if u.backoff_min.is_zero() || u.backoff_min > u.backoff_max {
-            bad("uplink.backoff_min", "must be positive and not exceed uplink.backoff_max".into());
+            bad(
+                "uplink.backoff_min",
+                "must be positive and not exceed uplink.backoff_max".into(),
+            );
         }
         if u.timeout.is_zero() {
             bad("uplink.timeout", "must be positive".into());
@@ -530,7 +589,10 @@ impl GatewayConfig {
 
 fn check_file(p: &mut Vec<ConfigProblem>, key: &str, path: &Path) {
     if !path.is_file() {
-        p.push(ConfigProblem { key: key.into(), message: format!("file {} not found", path.display()) });
+        p.push(ConfigProblem {
+            key: key.into(),
+            message: format!("file {} not found", path.display()),
+        });
     }
 }
 
@@ -579,13 +641,18 @@ mod tests {
         let cfg = GatewayConfig::from_toml(MINIMAL, Path::new("t.toml")).unwrap();
         assert_eq!(cfg.storage.when_full, WhenFull::Block);
         assert_eq!(cfg.ingest.min_commit_interval, Duration::from_millis(5));
-        assert_eq!(cfg.mqtt.unwrap().subscriptions[0].format, PayloadFormat::Auto);
+        assert_eq!(
+            cfg.mqtt.unwrap().subscriptions[0].format,
+            PayloadFormat::Auto
+        );
     }
 
     #[test]
     fn unknown_fields_are_refused_with_their_name() {
         let text = MINIMAL.replace("[uplink]", "[uplink]\nlinger_ms = 5");
-        let err = GatewayConfig::from_toml(&text, Path::new("t.toml")).unwrap_err().to_string();
+        let err = GatewayConfig::from_toml(&text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("linger_ms"), "{err}");
     }
 
@@ -603,7 +670,9 @@ mod tests {
             compression_level = 40
         "#;
         let err = GatewayConfig::from_toml(text, Path::new("bad.toml")).unwrap_err();
-        let ConfigError::Invalid { problems, .. } = err else { panic!("expected Invalid, got {err}") };
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}")
+        };
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         for key in [
             "gateway_id",

@@ -28,19 +28,40 @@ pub struct Envelope {
 pub enum Content {
     Readings(Vec<Reading>),
     /// The payload could not be decoded; it goes to quarantine.
-    Rejected { error: DecodeError, payload: Vec<u8>, payload_len: usize },
+    Rejected {
+        error: DecodeError,
+        payload: Vec<u8>,
+        payload_len: usize,
+    },
 }
 
 impl Envelope {
     /// An envelope and the receiver that tells the source when to ack.
-    pub fn new(origin: String, received: Timestamp, content: Content) -> (Self, oneshot::Receiver<Commit>) {
+    pub fn new(
+        origin: String,
+        received: Timestamp,
+        content: Content,
+    ) -> (Self, oneshot::Receiver<Commit>) {
         let (tx, rx) = oneshot::channel();
-        (Envelope { origin, received, content, done: Some(tx) }, rx)
+        (
+            Envelope {
+                origin,
+                received,
+                content,
+                done: Some(tx),
+            },
+            rx,
+        )
     }
 
     /// An envelope whose sender cannot be acknowledged (e.g. MQTT QoS 0).
     pub fn unacked(origin: String, received: Timestamp, content: Content) -> Self {
-        Envelope { origin, received, content, done: None }
+        Envelope {
+            origin,
+            received,
+            content,
+            done: None,
+        }
     }
 
     pub(crate) fn finish(&mut self, result: Commit) {

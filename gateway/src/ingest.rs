@@ -34,13 +34,26 @@ pub struct Ingest {
 
 /// One envelope's work, prepared off the async runtime.
 enum Job {
-    Append { encoded: Vec<Vec<u8>>, readings: u64 },
+    Append {
+        encoded: Vec<Vec<u8>>,
+        readings: u64,
+    },
     Quarantine(QuarantineEntry),
 }
 
 impl Ingest {
-    pub fn new(outbox: Arc<Outbox>, metrics: Metrics, cfg: IngestConfig, quarantine_payload_bytes: usize) -> Self {
-        Ingest { outbox, metrics, cfg, quarantine_payload_bytes }
+    pub fn new(
+        outbox: Arc<Outbox>,
+        metrics: Metrics,
+        cfg: IngestConfig,
+        quarantine_payload_bytes: usize,
+    ) -> Self {
+        Ingest {
+            outbox,
+            metrics,
+            cfg,
+            quarantine_payload_bytes,
+        }
     }
 
     /// Runs until every sender of `rx` is dropped and the queue is drained.
@@ -75,7 +88,10 @@ impl Ingest {
         let content = std::mem::replace(&mut envelope.content, Content::Readings(Vec::new()));
         match content {
             Content::Readings(readings) => match Outbox::encode(&readings) {
-                Ok(encoded) => Job::Append { readings: readings.len() as u64, encoded },
+                Ok(encoded) => Job::Append {
+                    readings: readings.len() as u64,
+                    encoded,
+                },
                 Err(e) => Job::Quarantine(QuarantineEntry {
                     received: envelope.received,
                     origin: envelope.origin.clone(),
@@ -85,7 +101,11 @@ impl Ingest {
                     payload_len: 0,
                 }),
             },
-            Content::Rejected { error, mut payload, payload_len } => {
+            Content::Rejected {
+                error,
+                mut payload,
+                payload_len,
+            } => {
                 payload.truncate(self.quarantine_payload_bytes);
                 Job::Quarantine(QuarantineEntry {
                     received: envelope.received,
@@ -135,7 +155,12 @@ impl Ingest {
                 Ok(()) => break,
                 Err(OutboxError::Full { used, cap, needed }) => {
                     self.metrics.outbox_full_waits.inc();
-                    warn!(used, cap, needed, "Outbox full; holding acknowledgements until the uplink frees space.");
+                    warn!(
+                        used,
+                        cap,
+                        needed,
+                        "Outbox full; holding acknowledgements until the uplink frees space."
+                    );
                     self.publish_gauges();
                     tokio::select! {
                         () = self.outbox.space_freed.notified() => {}
@@ -159,9 +184,14 @@ impl Ingest {
             self.metrics.quarantine(reason);
         }
         if stats.dropped > 0 {
-            warn!(dropped = stats.dropped, "Outbox full; oldest unsent readings dropped (drop_oldest policy).");
+            warn!(
+                dropped = stats.dropped,
+                "Outbox full; oldest unsent readings dropped (drop_oldest policy)."
+            );
         }
-        self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.metrics.commit_envelopes.observe(group.len() as f64);
         for e in &mut group {
             if e.done.is_some() {
@@ -174,8 +204,12 @@ impl Ingest {
     }
 
     fn publish_gauges(&self) {
-        self.metrics.outbox_records.set(i64::try_from(self.outbox.depth()).unwrap_or(i64::MAX));
-        self.metrics.outbox_bytes.set(i64::try_from(self.outbox.bytes()).unwrap_or(i64::MAX));
+        self.metrics
+            .outbox_records
+            .set(i64::try_from(self.outbox.depth()).unwrap_or(i64::MAX));
+        self.metrics
+            .outbox_bytes
+            .set(i64::try_from(self.outbox.bytes()).unwrap_or(i64::MAX));
     }
 }
 
@@ -198,7 +232,12 @@ impl CommitStats {
 }
 
 /// Writes jobs `start..` (blocking). On `Full`, `stats.next_job` says where to resume.
-fn write_jobs(outbox: &Outbox, jobs: &mut [Job], start: usize, stats: &mut CommitStats) -> Result<(), OutboxError> {
+fn write_jobs(
+    outbox: &Outbox,
+    jobs: &mut [Job],
+    start: usize,
+    stats: &mut CommitStats,
+) -> Result<(), OutboxError> {
     // Appends are grouped into atomic chunks of at most a quarter of the cap,
     // so one commit never needs the whole outbox to be empty.
     let chunk_cap = (outbox.max_bytes() / 4).max(1);
@@ -218,7 +257,10 @@ fn write_jobs(outbox: &Outbox, jobs: &mut [Job], start: usize, stats: &mut Commi
                             received: protocol::Timestamp::now(),
                             origin: "ingest".into(),
                             reason: TOO_BIG_FOR_OUTBOX.into(),
-                            detail: format!("{readings} readings need {cost} bytes; the outbox holds {}", outbox.max_bytes()),
+                            detail: format!(
+                                "{readings} readings need {cost} bytes; the outbox holds {}",
+                                outbox.max_bytes()
+                            ),
                             payload: Vec::new(),
                             payload_len: 0,
                         };
@@ -264,7 +306,10 @@ fn write_jobs(outbox: &Outbox, jobs: &mut [Job], start: usize, stats: &mut Commi
 /// Undo of the `append` moves above for jobs `i..j`: the whole chunk goes back
 /// into the first append job of the range (the others stay empty).
 fn restore_chunk(jobs: &mut [Job], i: usize, j: usize, chunk: Vec<Vec<u8>>, chunk_readings: u64) {
-    if let Some(Job::Append { encoded, readings }) = jobs[i..j].iter_mut().find(|job| matches!(job, Job::Append { .. })) {
+    if let Some(Job::Append { encoded, readings }) = jobs[i..j]
+        .iter_mut()
+        .find(|job| matches!(job, Job::Append { .. }))
+    {
         *encoded = chunk;
         *readings = chunk_readings;
     }
@@ -285,7 +330,12 @@ mod tests {
 
     fn setup(max: u64, when_full: WhenFull) -> (tempfile::TempDir, Arc<Outbox>, Metrics) {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = StorageConfig { max_outbox_bytes: ByteSize::b(max), when_full, cache_capacity: ByteSize::mib(1), ..Default::default() };
+        let cfg = StorageConfig {
+            max_outbox_bytes: ByteSize::b(max),
+            when_full,
+            cache_capacity: ByteSize::mib(1),
+            ..Default::default()
+        };
         let outbox = Arc::new(Outbox::open(dir.path(), &cfg).unwrap());
         let metrics = Metrics::new(&mut prometheus_client::registry::Registry::default());
         (dir, outbox, metrics)
@@ -300,7 +350,12 @@ mod tests {
     async fn envelopes_are_acknowledged_only_after_the_flush_and_in_order() {
         let (_dir, outbox, metrics) = setup(1 << 20, WhenFull::Block);
         let (tx, rx) = mpsc::channel(100);
-        let ingest = Ingest::new(outbox.clone(), metrics.clone(), IngestConfig::default(), 1024);
+        let ingest = Ingest::new(
+            outbox.clone(),
+            metrics.clone(),
+            IngestConfig::default(),
+            1024,
+        );
         let mut receivers = Vec::new();
         for i in 0..50 {
             let (e, done) = envelope(i);
@@ -325,7 +380,11 @@ mod tests {
         let (e, done) = Envelope::new(
             "mqtt:t".into(),
             Timestamp(1),
-            Content::Rejected { error: protocol::DecodeError::Empty, payload: b"0123456789".to_vec(), payload_len: 10 },
+            Content::Rejected {
+                error: protocol::DecodeError::Empty,
+                payload: b"0123456789".to_vec(),
+                payload_len: 10,
+            },
         );
         tx.send(e).await.unwrap();
         drop(tx);
@@ -334,7 +393,11 @@ mod tests {
         let q = outbox.quarantine_list(10).unwrap();
         assert_eq!(q.len(), 1);
         assert_eq!(q[0].1.reason, "empty");
-        assert_eq!(q[0].1.payload, b"01234567".to_vec(), "payload kept up to the configured bytes");
+        assert_eq!(
+            q[0].1.payload,
+            b"01234567".to_vec(),
+            "payload kept up to the configured bytes"
+        );
         assert_eq!(outbox.depth(), 0);
     }
 
@@ -358,11 +421,17 @@ mod tests {
                 acked_while_full += 1;
             }
         }
-        assert!(acked_while_full < 200, "everything was acked although the outbox is too small");
+        assert!(
+            acked_while_full < 200,
+            "everything was acked although the outbox is too small"
+        );
         assert!(metrics.outbox_full_waits.get() >= 1);
         // Drain like the uplink would, until every envelope is acknowledged.
         let mut drained = 0u64;
-        let mut remaining: Vec<_> = receivers.into_iter().filter(|r| !r.is_terminated()).collect();
+        let mut remaining: Vec<_> = receivers
+            .into_iter()
+            .filter(|r| !r.is_terminated())
+            .collect();
         let deadline = Instant::now() + Duration::from_secs(20);
         while !remaining.is_empty() {
             assert!(Instant::now() < deadline, "ingest never resumed");
@@ -376,7 +445,10 @@ mod tests {
         drop(tx);
         task.await.unwrap();
         drained += outbox.depth();
-        assert_eq!(drained, 200, "every reading reached the outbox exactly once");
+        assert_eq!(
+            drained, 200,
+            "every reading reached the outbox exactly once"
+        );
         assert_eq!(metrics.outbox_dropped.get(), 0);
     }
 }

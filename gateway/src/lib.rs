@@ -44,9 +44,15 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot open the outbox at {path}: {source}")]
-    Outbox { path: String, source: outbox::OutboxError },
+    Outbox {
+        path: String,
+        source: outbox::OutboxError,
+    },
     #[error("cannot bind the admin server on {addr}: {source}")]
-    Admin { addr: std::net::SocketAddr, source: std::io::Error },
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
     #[error(transparent)]
@@ -66,18 +72,38 @@ pub async fn run(cfg: GatewayConfig, stop: impl Future<Output = ()>) -> Result<(
     let storage = cfg.storage.clone();
     let outbox = tokio::task::spawn_blocking(move || Outbox::open(&path, &storage))
         .await
-        .map_err(|e| StartError::Outbox { path: cfg.storage.path.display().to_string(), source: outbox::OutboxError::Encode(e.to_string()) })?
-        .map_err(|source| StartError::Outbox { path: cfg.storage.path.display().to_string(), source })?;
+        .map_err(|e| StartError::Outbox {
+            path: cfg.storage.path.display().to_string(),
+            source: outbox::OutboxError::Encode(e.to_string()),
+        })?
+        .map_err(|source| StartError::Outbox {
+            path: cfg.storage.path.display().to_string(),
+            source,
+        })?;
     let outbox = Arc::new(outbox);
     info!(path = %cfg.storage.path.display(), state = %outbox.describe(), "Outbox open.");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let admin = if cfg.admin.enabled {
-        let listener = admin::bind(cfg.admin.listen).await.map_err(|source| StartError::Admin { addr: cfg.admin.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Admin { addr: cfg.admin.listen, source })?;
+        let listener = admin::bind(cfg.admin.listen)
+            .await
+            .map_err(|source| StartError::Admin {
+                addr: cfg.admin.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Admin {
+            addr: cfg.admin.listen,
+            source,
+        })?;
         info!(%addr, "Admin server listening.");
-        Some(tokio::spawn(admin::serve(listener, registry.clone(), metrics.clone(), outbox.clone(), shutdown_rx.clone())))
+        Some(tokio::spawn(admin::serve(
+            listener,
+            registry.clone(),
+            metrics.clone(),
+            outbox.clone(),
+            shutdown_rx.clone(),
+        )))
     } else {
         None
     };
@@ -92,7 +118,12 @@ pub async fn run(cfg: GatewayConfig, stop: impl Future<Output = ()>) -> Result<(
             .map_err(|e| broker::BrokerError::Spawn(std::io::Error::other(e.to_string())))??;
     }
 
-    let uplink = Uplink::new(cfg.gateway_id.clone(), cfg.uplink.clone(), outbox.clone(), metrics.clone())?;
+    let uplink = Uplink::new(
+        cfg.gateway_id.clone(),
+        cfg.uplink.clone(),
+        outbox.clone(),
+        metrics.clone(),
+    )?;
     let uplink_task = tokio::spawn(uplink.run(shutdown_rx.clone()));
 
     let (tx, rx) = mpsc::channel(cfg.ingest.queue_capacity);
@@ -131,8 +162,13 @@ pub async fn run(cfg: GatewayConfig, stop: impl Future<Output = ()>) -> Result<(
             let _ = a.await;
         }
     };
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, drain).await.is_err() {
-        warn!("Shutdown deadline passed; exiting with tasks still running (nothing unacknowledged is lost).");
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, drain)
+        .await
+        .is_err()
+    {
+        warn!(
+            "Shutdown deadline passed; exiting with tasks still running (nothing unacknowledged is lost)."
+        );
     }
     let o = outbox.clone();
     match tokio::task::spawn_blocking(move || o.flush()).await {

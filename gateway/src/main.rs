@@ -13,7 +13,11 @@ use tracing_subscriber::EnvFilter;
 const EX_CONFIG: u8 = 78;
 
 #[derive(Parser)]
-#[command(name = "outpost-gateway", version, about = "Outpost edge gateway: sensors in, durable outbox, batched uplink.")]
+#[command(
+    name = "outpost-gateway",
+    version,
+    about = "Outpost edge gateway: sensors in, durable outbox, batched uplink."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,10 +60,14 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level.unwrap_or("info")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
 }
 
@@ -80,7 +88,9 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Quarantine { command: QuarantineCommand::List { config, limit } } => {
+        Command::Quarantine {
+            command: QuarantineCommand::List { config, limit },
+        } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -99,7 +109,10 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(cfg.log.format, cfg.log.level.as_deref());
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("outpost-gateway: cannot start the runtime: {e}");
@@ -128,7 +141,10 @@ fn quarantine_list(cfg: &GatewayConfig, limit: usize) -> anyhow::Result<()> {
             e.reason,
             e.detail,
             e.payload_len,
-            String::from_utf8_lossy(&e.payload).chars().take(80).collect::<String>()
+            String::from_utf8_lossy(&e.payload)
+                .chars()
+                .take(80)
+                .collect::<String>()
         );
     }
     Ok(())

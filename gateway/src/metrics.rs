@@ -63,36 +63,106 @@ impl Metrics {
             mqtt_connections: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("outpost_gateway");
-        r.register("messages_received", "Messages received from all sources", m.messages_received.clone());
-        r.register("readings_received", "Readings decoded from received messages", m.readings_received.clone());
-        r.register("readings_committed", "Readings made durable in the outbox", m.readings_committed.clone());
-        r.register("messages_acked", "Messages acknowledged to their sender after a durable commit", m.messages_acked.clone());
-        r.register("quarantined", "Payloads or readings quarantined, by reason code", m.quarantined.clone());
-        r.register("outbox_records", "Records in the outbox waiting for upload", m.outbox_records.clone());
-        r.register("outbox_bytes", "Bytes of the outbox counted against its cap", m.outbox_bytes.clone());
-        r.register("outbox_dropped", "Readings deleted unsent by the drop_oldest policy", m.outbox_dropped.clone());
-        r.register("outbox_full_waits", "Commits that waited because the outbox was full (block policy)", m.outbox_full_waits.clone());
+        r.register(
+            "messages_received",
+            "Messages received from all sources",
+            m.messages_received.clone(),
+        );
+        r.register(
+            "readings_received",
+            "Readings decoded from received messages",
+            m.readings_received.clone(),
+        );
+        r.register(
+            "readings_committed",
+            "Readings made durable in the outbox",
+            m.readings_committed.clone(),
+        );
+        r.register(
+            "messages_acked",
+            "Messages acknowledged to their sender after a durable commit",
+            m.messages_acked.clone(),
+        );
+        r.register(
+            "quarantined",
+            "Payloads or readings quarantined, by reason code",
+            m.quarantined.clone(),
+        );
+        r.register(
+            "outbox_records",
+            "Records in the outbox waiting for upload",
+            m.outbox_records.clone(),
+        );
+        r.register(
+            "outbox_bytes",
+            "Bytes of the outbox counted against its cap",
+            m.outbox_bytes.clone(),
+        );
+        r.register(
+            "outbox_dropped",
+            "Readings deleted unsent by the drop_oldest policy",
+            m.outbox_dropped.clone(),
+        );
+        r.register(
+            "outbox_full_waits",
+            "Commits that waited because the outbox was full (block policy)",
+            m.outbox_full_waits.clone(),
+        );
         r.register("fsyncs", "Outbox flushes (fsyncs)", m.fsyncs.clone());
-        r.register("commit_seconds", "Time of one group commit (append + flush)", m.commit_seconds.clone());
-        r.register("commit_envelopes", "Envelopes (messages) per group commit", m.commit_envelopes.clone());
-        r.register("uplink_batches", "Uplink batch attempts by outcome", m.uplink_batches.clone());
-        r.register("uplink_readings_sent", "Readings confirmed by the sink", m.uplink_readings_sent.clone());
+        r.register(
+            "commit_seconds",
+            "Time of one group commit (append + flush)",
+            m.commit_seconds.clone(),
+        );
+        r.register(
+            "commit_envelopes",
+            "Envelopes (messages) per group commit",
+            m.commit_envelopes.clone(),
+        );
+        r.register(
+            "uplink_batches",
+            "Uplink batch attempts by outcome",
+            m.uplink_batches.clone(),
+        );
+        r.register(
+            "uplink_readings_sent",
+            "Readings confirmed by the sink",
+            m.uplink_readings_sent.clone(),
+        );
         r.register(
             "uplink_lag_seconds",
             "Seconds the outbox has had unsent records since the last confirmed upload (0 when empty)",
             m.uplink_lag_seconds.clone(),
         );
-        r.register("uplink_request_seconds", "Duration of uplink HTTP requests", m.uplink_request_seconds.clone());
-        r.register("mqtt_connected", "1 while connected to the MQTT broker", m.mqtt_connected.clone());
-        r.register("mqtt_connections", "MQTT connections established", m.mqtt_connections.clone());
+        r.register(
+            "uplink_request_seconds",
+            "Duration of uplink HTTP requests",
+            m.uplink_request_seconds.clone(),
+        );
+        r.register(
+            "mqtt_connected",
+            "1 while connected to the MQTT broker",
+            m.mqtt_connected.clone(),
+        );
+        r.register(
+            "mqtt_connections",
+            "MQTT connections established",
+            m.mqtt_connections.clone(),
+        );
         m
     }
 
     pub fn quarantine(&self, reason: &str) {
-        self.quarantined.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
+        self.quarantined
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub fn uplink(&self, outcome: &'static str) {
-        self.uplink_batches.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.uplink_batches
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 }

@@ -135,7 +135,9 @@ impl Outbox {
             }
         }
         if let Some(v) = tree.get(NEXT_SEQ_KEY)? {
-            let stored = <[u8; 8]>::try_from(v.as_ref()).map(u64::from_be_bytes).unwrap_or(0);
+            let stored = <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
             c.next_seq = c.next_seq.max(stored);
         }
         // Sequence numbers start at 1 so that 0 can mean "nothing yet".
@@ -215,7 +217,10 @@ impl Outbox {
         }
         let needed = Self::cost(encoded);
         if needed > self.max_bytes {
-            return Err(OutboxError::TooBigForOutbox { needed, cap: self.max_bytes });
+            return Err(OutboxError::TooBigForOutbox {
+                needed,
+                cap: self.max_bytes,
+            });
         }
         let mut c = self.counters();
         let mut batch = sled::Batch::default();
@@ -223,7 +228,13 @@ impl Outbox {
         let mut freed = 0u64;
         if c.bytes + needed > self.max_bytes {
             match self.when_full {
-                WhenFull::Block => return Err(OutboxError::Full { used: c.bytes, cap: self.max_bytes, needed }),
+                WhenFull::Block => {
+                    return Err(OutboxError::Full {
+                        used: c.bytes,
+                        cap: self.max_bytes,
+                        needed,
+                    });
+                }
                 WhenFull::DropOldest => {
                     for kv in self.tree.scan_prefix([RECORD_PREFIX]) {
                         if c.bytes - freed + needed <= self.max_bytes {
@@ -247,7 +258,10 @@ impl Outbox {
         c.next_seq = next;
         c.records = c.records + encoded.len() as u64 - dropped;
         c.bytes = c.bytes + needed - freed;
-        Ok(AppendOutcome { seqs: Some((first, next - 1)), dropped })
+        Ok(AppendOutcome {
+            seqs: Some((first, next - 1)),
+            dropped,
+        })
     }
 
     /// Makes everything written so far durable (one fsync of sled's log).
@@ -258,7 +272,12 @@ impl Outbox {
 
     /// Up to `max_records` records (and about `max_bytes`) with seq ≥ `from`,
     /// in order. Always returns at least one record if any exists.
-    pub fn read_batch(&self, from: u64, max_records: usize, max_bytes: u64) -> Result<Vec<OutboxRecord>, OutboxError> {
+    pub fn read_batch(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<OutboxRecord>, OutboxError> {
         let mut out = Vec::new();
         let mut bytes = 0u64;
         for kv in self.tree.range(record_key(from)..=record_key(u64::MAX)) {
@@ -268,8 +287,11 @@ impl Outbox {
             if !out.is_empty() && (out.len() >= max_records || bytes + cost > max_bytes) {
                 break;
             }
-            let item: OutboxItem = ciborium::from_reader(v.as_ref())
-                .map_err(|e| OutboxError::Corrupt { seq, detail: e.to_string() })?;
+            let item: OutboxItem =
+                ciborium::from_reader(v.as_ref()).map_err(|e| OutboxError::Corrupt {
+                    seq,
+                    detail: e.to_string(),
+                })?;
             bytes += cost;
             out.push(OutboxRecord { seq, item });
         }
@@ -329,13 +351,21 @@ impl Outbox {
     }
 
     /// The newest `limit` quarantine entries with their ids, newest first.
-    pub fn quarantine_list(&self, limit: usize) -> Result<Vec<(u64, QuarantineEntry)>, OutboxError> {
+    pub fn quarantine_list(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(u64, QuarantineEntry)>, OutboxError> {
         let mut out = Vec::new();
         for kv in self.quarantine.iter().rev().take(limit) {
             let (k, v) = kv?;
-            let id = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes).unwrap_or(0);
-            let entry: QuarantineEntry = ciborium::from_reader(v.as_ref())
-                .map_err(|e| OutboxError::Corrupt { seq: id, detail: e.to_string() })?;
+            let id = <[u8; 8]>::try_from(k.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            let entry: QuarantineEntry =
+                ciborium::from_reader(v.as_ref()).map_err(|e| OutboxError::Corrupt {
+                    seq: id,
+                    detail: e.to_string(),
+                })?;
             out.push((id, entry));
         }
         Ok(out)
@@ -379,7 +409,10 @@ mod serde_bytes_compat {
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
                 Ok(v)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<u8>, A::Error> {
                 let mut out = Vec::new();
                 while let Some(b) = seq.next_element::<u8>()? {
                     out.push(b);
@@ -405,17 +438,24 @@ mod tests {
     }
 
     fn readings(n: usize, base: i64) -> Vec<Reading> {
-        (0..n).map(|i| Reading::new("dev", "ch", Timestamp(base + i as i64), i as f64).unwrap()).collect()
+        (0..n)
+            .map(|i| Reading::new("dev", "ch", Timestamp(base + i as i64), i as f64).unwrap())
+            .collect()
     }
 
     #[test]
     fn appended_records_read_back_in_sequence_order() {
         let dir = tempfile::tempdir().unwrap();
         let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
-        let out = ob.append_encoded(&Outbox::encode(&readings(5, 0)).unwrap()).unwrap();
+        let out = ob
+            .append_encoded(&Outbox::encode(&readings(5, 0)).unwrap())
+            .unwrap();
         assert_eq!(out.seqs, Some((1, 5)));
         let batch = ob.read_batch(0, 3, u64::MAX).unwrap();
-        assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            batch.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         let rest = ob.read_batch(4, 100, u64::MAX).unwrap();
         assert_eq!(rest.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 5]);
         assert_eq!(ob.depth(), 5);
@@ -426,7 +466,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
-            ob.append_encoded(&Outbox::encode(&readings(3, 0)).unwrap()).unwrap();
+            ob.append_encoded(&Outbox::encode(&readings(3, 0)).unwrap())
+                .unwrap();
             ob.flush().unwrap();
             ob.remove_range(1, 3).unwrap();
             ob.flush().unwrap();
@@ -434,7 +475,9 @@ mod tests {
         }
         let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
         assert_eq!(ob.next_seq(), 4);
-        let out = ob.append_encoded(&Outbox::encode(&readings(1, 10)).unwrap()).unwrap();
+        let out = ob
+            .append_encoded(&Outbox::encode(&readings(1, 10)).unwrap())
+            .unwrap();
         assert_eq!(out.seqs, Some((4, 4)));
     }
 
@@ -471,7 +514,10 @@ mod tests {
         let ob = Outbox::open(dir.path(), &cfg(2_000, WhenFull::DropOldest)).unwrap();
         let mut dropped = 0;
         for i in 0..50 {
-            dropped += ob.append_encoded(&Outbox::encode(&readings(5, 10 * i)).unwrap()).unwrap().dropped;
+            dropped += ob
+                .append_encoded(&Outbox::encode(&readings(5, 10 * i)).unwrap())
+                .unwrap()
+                .dropped;
         }
         assert!(dropped > 0);
         assert!(ob.bytes() <= 2_000);
@@ -486,7 +532,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (bytes, depth) = {
             let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
-            ob.append_encoded(&Outbox::encode(&readings(7, 0)).unwrap()).unwrap();
+            ob.append_encoded(&Outbox::encode(&readings(7, 0)).unwrap())
+                .unwrap();
             ob.flush().unwrap();
             (ob.bytes(), ob.depth())
         };

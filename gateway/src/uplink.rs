@@ -26,11 +26,20 @@ use crate::outbox::{Outbox, OutboxError, QuarantineEntry};
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
     #[error("cannot read token file {path}: {source}")]
-    TokenFile { path: String, source: std::io::Error },
+    TokenFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot read CA file {path}: {source}")]
-    CaFile { path: String, source: std::io::Error },
+    CaFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid CA certificate in {path}: {source}")]
-    CaCert { path: String, source: reqwest::Error },
+    CaCert {
+        path: String,
+        source: reqwest::Error,
+    },
     #[error("invalid sink URL: {0}")]
     Url(String),
     #[error("HTTP client: {0}")]
@@ -57,30 +66,54 @@ pub struct Uplink {
 }
 
 impl Uplink {
-    pub fn new(gateway_id: String, cfg: UplinkConfig, outbox: Arc<Outbox>, metrics: Metrics) -> Result<Self, UplinkError> {
+    pub fn new(
+        gateway_id: String,
+        cfg: UplinkConfig,
+        outbox: Arc<Outbox>,
+        metrics: Metrics,
+    ) -> Result<Self, UplinkError> {
         let token = match (&cfg.token, &cfg.token_file) {
             (Some(t), _) => t.trim().to_owned(),
             (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|source| UplinkError::TokenFile { path: path.display().to_string(), source })?
+                .map_err(|source| UplinkError::TokenFile {
+                    path: path.display().to_string(),
+                    source,
+                })?
                 .trim()
                 .to_owned(),
             (None, None) => String::new(),
         };
         let base = reqwest::Url::parse(&cfg.url).map_err(|e| UplinkError::Url(e.to_string()))?;
-        let endpoint = base.join("v1/ingest").map_err(|e| UplinkError::Url(e.to_string()))?;
+        let endpoint = base
+            .join("v1/ingest")
+            .map_err(|e| UplinkError::Url(e.to_string()))?;
         let mut builder = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("outpost-gateway/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(60));
         if let Some(path) = &cfg.ca_file {
-            let pem = std::fs::read(path).map_err(|source| UplinkError::CaFile { path: path.display().to_string(), source })?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|source| UplinkError::CaCert { path: path.display().to_string(), source })?;
+            let pem = std::fs::read(path).map_err(|source| UplinkError::CaFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let cert =
+                reqwest::Certificate::from_pem(&pem).map_err(|source| UplinkError::CaCert {
+                    path: path.display().to_string(),
+                    source,
+                })?;
             builder = builder.add_root_certificate(cert);
         }
         let client = builder.build().map_err(UplinkError::Client)?;
-        Ok(Uplink { gateway_id, endpoint, token, client, cfg, outbox, metrics })
+        Ok(Uplink {
+            gateway_id,
+            endpoint,
+            token,
+            client,
+            cfg,
+            outbox,
+            metrics,
+        })
     }
 
     /// Runs until `shutdown` flips; an in-flight request is abandoned (its
@@ -95,8 +128,15 @@ impl Uplink {
             }
             self.update_lag(last_success);
             let outbox = self.outbox.clone();
-            let (max_records, max_bytes) = (self.cfg.max_batch_records, self.cfg.max_batch_bytes.as_u64());
-            let records = match tokio::task::spawn_blocking(move || outbox.read_batch(cursor, max_records, max_bytes)).await {
+            let (max_records, max_bytes) = (
+                self.cfg.max_batch_records,
+                self.cfg.max_batch_bytes.as_u64(),
+            );
+            let records = match tokio::task::spawn_blocking(move || {
+                outbox.read_batch(cursor, max_records, max_bytes)
+            })
+            .await
+            {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
                     error!(error = %e, "Cannot read the outbox.");
@@ -146,14 +186,26 @@ impl Uplink {
     }
 
     fn update_lag(&self, last_success: Instant) {
-        let lag = if self.outbox.depth() == 0 { 0.0 } else { last_success.elapsed().as_secs_f64() };
+        let lag = if self.outbox.depth() == 0 {
+            0.0
+        } else {
+            last_success.elapsed().as_secs_f64()
+        };
         self.metrics.uplink_lag_seconds.set(lag);
-        self.metrics.outbox_records.set(i64::try_from(self.outbox.depth()).unwrap_or(i64::MAX));
-        self.metrics.outbox_bytes.set(i64::try_from(self.outbox.bytes()).unwrap_or(i64::MAX));
+        self.metrics
+            .outbox_records
+            .set(i64::try_from(self.outbox.depth()).unwrap_or(i64::MAX));
+        self.metrics
+            .outbox_bytes
+            .set(i64::try_from(self.outbox.bytes()).unwrap_or(i64::MAX));
     }
 
     /// Sends `records` until the sink has all of them (splitting on 413), or shutdown.
-    async fn deliver(&self, records: Vec<OutboxRecord>, shutdown: &mut watch::Receiver<bool>) -> Delivery {
+    async fn deliver(
+        &self,
+        records: Vec<OutboxRecord>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Delivery {
         let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
         let mut parts: VecDeque<Vec<OutboxRecord>> = VecDeque::from([records]);
         while let Some(part) = parts.pop_front() {
@@ -173,7 +225,11 @@ impl Uplink {
                         self.metrics.uplink("split");
                         let mut first = part;
                         let second = first.split_off(first.len() / 2);
-                        debug!(first = first.len(), second = second.len(), "Sink said 413; splitting the batch.");
+                        debug!(
+                            first = first.len(),
+                            second = second.len(),
+                            "Sink said 413; splitting the batch."
+                        );
                         parts.push_front(second);
                         parts.push_front(first);
                         break;
@@ -181,7 +237,10 @@ impl Uplink {
                     PostOutcome::TooLarge => {
                         self.metrics.uplink("too_large");
                         self.metrics.quarantine("uplink_too_large");
-                        error!(seq = part[0].seq, "The sink refuses even a single record as too large; moving it to quarantine.");
+                        error!(
+                            seq = part[0].seq,
+                            "The sink refuses even a single record as too large; moving it to quarantine."
+                        );
                         self.quarantine_too_large(&part).await;
                         break;
                     }
@@ -222,7 +281,9 @@ impl Uplink {
             .body(body)
             .send()
             .await;
-        self.metrics.uplink_request_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .uplink_request_seconds
+            .observe(started.elapsed().as_secs_f64());
         match result {
             Err(e) => PostOutcome::Retry(format!("request failed: {e}")),
             Ok(resp) => {
@@ -244,7 +305,9 @@ impl Uplink {
     }
 
     async fn remove(&self, part: &[OutboxRecord]) -> Result<u64, OutboxError> {
-        let (Some(first), Some(last)) = (part.first(), part.last()) else { return Ok(0) };
+        let (Some(first), Some(last)) = (part.first(), part.last()) else {
+            return Ok(0);
+        };
         let (first, last) = (first.seq, last.seq);
         let outbox = self.outbox.clone();
         tokio::task::spawn_blocking(move || outbox.remove_range(first, last))

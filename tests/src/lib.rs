@@ -24,13 +24,20 @@ pub fn bin(name: &str) -> PathBuf {
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    assert!(path.exists(), "{} not found: run `cargo build --workspace --bins` first (scripts/test does)", path.display());
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
     path
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes.
@@ -57,7 +64,10 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Result<Proc> {
-        let out = fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let err = out.try_clone()?;
         let child = cmd
             .stdin(Stdio::null())
@@ -65,7 +75,11 @@ impl Proc {
             .stderr(Stdio::from(err))
             .spawn()
             .with_context(|| format!("spawning {name}"))?;
-        Ok(Proc { name: name.into(), child: Some(child), log })
+        Ok(Proc {
+            name: name.into(),
+            child: Some(child),
+            log,
+        })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -82,8 +96,13 @@ impl Proc {
 
     /// SIGTERM, then wait up to `timeout` for a clean exit; returns the exit code.
     pub fn terminate(&mut self, timeout: Duration) -> Result<Option<i32>> {
-        let Some(mut c) = self.child.take() else { return Ok(None) };
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let Some(mut c) = self.child.take() else {
+            return Ok(None);
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let start = Instant::now();
         loop {
             if let Some(status) = c.try_wait()? {
@@ -99,7 +118,9 @@ impl Proc {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
@@ -129,7 +150,9 @@ impl Mosquitto {
         let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .find(|p| Path::new(p).exists())
-            .ok_or_else(|| anyhow!("mosquitto is not installed (apt-get install mosquitto; .ci/run does)"))?;
+            .ok_or_else(|| {
+                anyhow!("mosquitto is not installed (apt-get install mosquitto; .ci/run does)")
+            })?;
         let port = free_port();
         let conf = dir.join("mosquitto.conf");
         fs::write(
@@ -139,7 +162,11 @@ impl Mosquitto {
                  max_queued_messages 0\nmax_inflight_messages 100\nset_tcp_nodelay true\n"
             ),
         )?;
-        let proc = Proc::spawn("mosquitto", Command::new(exe).arg("-c").arg(&conf), dir.join("mosquitto.log"))?;
+        let proc = Proc::spawn(
+            "mosquitto",
+            Command::new(exe).arg("-c").arg(&conf),
+            dir.join("mosquitto.log"),
+        )?;
         wait_for(Duration::from_secs(10), "mosquitto to listen", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         })?;
@@ -172,17 +199,30 @@ impl Sink {
         let config = dir.join("cloud-sink.toml");
         fs::write(
             &config,
-            format!("listen = \"127.0.0.1:{port}\"\n[storage]\nsqlite_path = \"{}\"\n", db.display()),
+            format!(
+                "listen = \"127.0.0.1:{port}\"\n[storage]\nsqlite_path = \"{}\"\n",
+                db.display()
+            ),
         )?;
         let out = Command::new(bin("outpost-cloud-sink"))
             .args(["gateway", "add", gateway_id, "--config"])
             .arg(&config)
             .output()?;
         if !out.status.success() {
-            bail!("gateway add failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "gateway add failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let token = String::from_utf8(out.stdout)?.trim().to_owned();
-        Ok(Sink { port, config, db, token, proc: None, log: dir.join("sink.log") })
+        Ok(Sink {
+            port,
+            config,
+            db,
+            token,
+            proc: None,
+            log: dir.join("sink.log"),
+        })
     }
 
     pub fn url(&self) -> String {
@@ -192,7 +232,10 @@ impl Sink {
     pub fn up(&mut self) -> Result<()> {
         let proc = Proc::spawn(
             "cloud-sink",
-            Command::new(bin("outpost-cloud-sink")).arg("serve").arg("--config").arg(&self.config),
+            Command::new(bin("outpost-cloud-sink"))
+                .arg("serve")
+                .arg("--config")
+                .arg(&self.config),
             self.log.clone(),
         )?;
         self.proc = Some(proc);
@@ -211,10 +254,17 @@ impl Sink {
 
     /// Every stored reading identity, with how many rows each has.
     pub fn stored(&self) -> Result<BTreeMap<Identity, u32>> {
-        let conn = rusqlite::Connection::open_with_flags(&self.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let conn = rusqlite::Connection::open_with_flags(
+            &self.db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        let mut stmt = conn.prepare("SELECT device, channel, ts_ns, COUNT(*) FROM readings GROUP BY device, channel, ts_ns")?;
-        let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?, r.get(2)?), r.get::<_, u32>(3)?)))?;
+        let mut stmt = conn.prepare(
+            "SELECT device, channel, ts_ns, COUNT(*) FROM readings GROUP BY device, channel, ts_ns",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(((r.get(0)?, r.get(1)?, r.get(2)?), r.get::<_, u32>(3)?))
+        })?;
         let mut out = BTreeMap::new();
         for row in rows {
             let (k, v) = row?;
@@ -224,11 +274,15 @@ impl Sink {
     }
 
     pub fn stored_count(&self) -> u64 {
-        let Ok(conn) = rusqlite::Connection::open_with_flags(&self.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        let Ok(conn) = rusqlite::Connection::open_with_flags(
+            &self.db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        ) else {
             return 0;
         };
         let _ = conn.busy_timeout(Duration::from_secs(5));
-        conn.query_row("SELECT COUNT(*) FROM readings", [], |r| r.get::<_, i64>(0)).map_or(0, |n| n as u64)
+        conn.query_row("SELECT COUNT(*) FROM readings", [], |r| r.get::<_, i64>(0))
+            .map_or(0, |n| n as u64)
     }
 }
 
@@ -275,7 +329,11 @@ impl Gateway {
     pub fn start(dir: &Path, o: &GatewayOpts) -> Result<Gateway> {
         let admin_port = free_port();
         let config = dir.join("gateway.toml");
-        let mode = if o.embedded_broker { "embedded" } else { "external" };
+        let mode = if o.embedded_broker {
+            "embedded"
+        } else {
+            "external"
+        };
         fs::write(
             &config,
             format!(
@@ -319,7 +377,12 @@ listen = "127.0.0.1:{admin_port}"
                 extra = o.extra,
             ),
         )?;
-        let mut gw = Gateway { config, admin_port, proc: None, log: dir.join("gateway.log") };
+        let mut gw = Gateway {
+            config,
+            admin_port,
+            proc: None,
+            log: dir.join("gateway.log"),
+        };
         gw.up()?;
         Ok(gw)
     }
@@ -328,7 +391,11 @@ listen = "127.0.0.1:{admin_port}"
     pub fn up(&mut self) -> Result<()> {
         let proc = Proc::spawn(
             "gateway",
-            Command::new(bin("outpost-gateway")).arg("run").arg("--config").arg(&self.config).env("RUST_LOG", "info"),
+            Command::new(bin("outpost-gateway"))
+                .arg("run")
+                .arg("--config")
+                .arg(&self.config)
+                .env("RUST_LOG", "info"),
             self.log.clone(),
         )?;
         self.proc = Some(proc);
@@ -361,12 +428,16 @@ listen = "127.0.0.1:{admin_port}"
 
     /// Parsed `/metrics`: series name (with labels) → value.
     pub fn metrics(&self) -> Result<BTreeMap<String, f64>> {
-        let text = reqwest::blocking_get_text(&format!("http://127.0.0.1:{}/metrics", self.admin_port))?;
+        let text =
+            reqwest::blocking_get_text(&format!("http://127.0.0.1:{}/metrics", self.admin_port))?;
         Ok(parse_metrics(&text))
     }
 
     pub fn metric(&self, name: &str) -> f64 {
-        self.metrics().ok().and_then(|m| m.get(name).copied()).unwrap_or(0.0)
+        self.metrics()
+            .ok()
+            .and_then(|m| m.get(name).copied())
+            .unwrap_or(0.0)
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
@@ -398,7 +469,11 @@ pub fn run_sim(dir: &Path, args: &[&str]) -> Result<HashSet<Identity>> {
         .stdin(Stdio::null())
         .output()?;
     if !out.status.success() {
-        bail!("simulator failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "simulator failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     read_acked(&acked)
 }
@@ -408,7 +483,11 @@ pub fn spawn_sim(dir: &Path, args: &[&str]) -> Result<(Proc, PathBuf)> {
     let acked = dir.join(format!("acked-{}.csv", free_port()));
     let proc = Proc::spawn(
         "firmware-sim",
-        Command::new(bin("outpost-firmware-sim")).arg("run").args(args).arg("--acked-log").arg(&acked),
+        Command::new(bin("outpost-firmware-sim"))
+            .arg("run")
+            .args(args)
+            .arg("--acked-log")
+            .arg(&acked),
         dir.join("sim.log"),
     )?;
     Ok((proc, acked))
@@ -416,7 +495,9 @@ pub fn spawn_sim(dir: &Path, args: &[&str]) -> Result<(Proc, PathBuf)> {
 
 /// Waits for a background simulator to exit successfully.
 pub fn wait_sim(proc: &mut Proc, timeout: Duration) -> Result<()> {
-    let Some(child) = proc.child.as_mut() else { bail!("simulator not running") };
+    let Some(child) = proc.child.as_mut() else {
+        bail!("simulator not running")
+    };
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait()? {
@@ -463,7 +544,11 @@ pub struct Reconciliation {
 }
 
 /// Waits until every acked reading is in the sink (or `timeout`), then reconciles.
-pub fn reconcile(sink: &Sink, acked: &HashSet<Identity>, timeout: Duration) -> Result<Reconciliation> {
+pub fn reconcile(
+    sink: &Sink,
+    acked: &HashSet<Identity>,
+    timeout: Duration,
+) -> Result<Reconciliation> {
     let start = Instant::now();
     loop {
         let stored = sink.stored()?;
@@ -485,14 +570,23 @@ pub mod reqwest {
     use anyhow::Result;
 
     fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
     }
 
     pub fn blocking_get_ok(url: &str) -> bool {
         runtime().block_on(async {
-            let client = ::reqwest::Client::builder().timeout(std::time::Duration::from_secs(2)).build();
+            let client = ::reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(2))
+                .build();
             match client {
-                Ok(c) => c.get(url).send().await.is_ok_and(|r| r.status().is_success()),
+                Ok(c) => c
+                    .get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success()),
                 Err(_) => false,
             }
         })
@@ -500,8 +594,48 @@ pub mod reqwest {
 
     pub fn blocking_get_text(url: &str) -> Result<String> {
         runtime().block_on(async {
-            let c = ::reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build()?;
+            let c = ::reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(5))
+                .build()?;
             Ok(c.get(url).send().await?.error_for_status()?.text().await?)
         })
+    }
+}
+
+/// A per-test directory, removed afterwards unless `OUTPOST_TEST_KEEP=1`
+/// (then its path is printed, with every process log inside).
+#[derive(Debug)]
+pub struct TestDir {
+    tmp: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl TestDir {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+pub fn test_dir() -> TestDir {
+    let tmp = tempfile::Builder::new()
+        .prefix("outpost-e2e-")
+        .tempdir()
+        .expect("temp dir");
+    let path = tmp.path().to_path_buf();
+    if std::env::var_os("OUTPOST_TEST_KEEP").is_some() {
+        eprintln!("test directory kept: {}", path.display());
+        let _ = tmp.keep();
+        TestDir { tmp: None, path }
+    } else {
+        TestDir {
+            tmp: Some(tmp),
+            path,
+        }
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = self.tmp.take();
     }
 }

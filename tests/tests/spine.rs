@@ -5,7 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use outpost_tests::{Gateway, GatewayOpts, Mosquitto, Sink, free_port, reconcile, run_sim, spawn_sim, wait_for, wait_sim};
+use outpost_tests::{
+    Gateway, GatewayOpts, Mosquitto, Sink, free_port, reconcile, run_sim, spawn_sim, wait_for,
+    wait_sim,
+};
 
 const DRAIN: Duration = Duration::from_secs(60);
 
@@ -32,49 +35,82 @@ fn refs(v: &[String]) -> Vec<&str> {
 
 #[test]
 fn every_reading_acked_by_mosquitto_arrives_in_the_sink_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_tests::test_dir();
     let broker = Mosquitto::start(dir.path()).unwrap();
     let sink = Sink::start(dir.path(), "gw-test", free_port()).unwrap();
     let mut gw = Gateway::start(dir.path(), &GatewayOpts::new(broker.port, &sink)).unwrap();
 
     let acked = run_sim(dir.path(), &refs(&sim_args(broker.port, 10, 1000, 2000, 1))).unwrap();
-    assert_eq!(acked.len(), 2000 * 5, "the simulator should get a PUBACK for every message");
+    assert_eq!(
+        acked.len(),
+        2000 * 5,
+        "the simulator should get a PUBACK for every message"
+    );
     let r = reconcile(&sink, &acked, DRAIN).unwrap();
-    assert_eq!((r.missing, r.duplicates), (0, 0), "{r:?}\n{}", gw.log_tail(30));
+    assert_eq!(
+        (r.missing, r.duplicates),
+        (0, 0),
+        "{r:?}\n{}",
+        gw.log_tail(30)
+    );
     assert_eq!(r.stored, r.acked, "nothing else was stored");
 
     let m = gw.metrics().unwrap();
     assert_eq!(m.get("outpost_gateway_messages_acked_total"), Some(&2000.0));
     let fsyncs = m["outpost_gateway_fsyncs_total"];
-    assert!(fsyncs >= 1.0 && fsyncs < 2000.0, "group commit should batch messages per fsync, got {fsyncs} fsyncs");
-    assert_eq!(gw.terminate().unwrap(), Some(0), "SIGTERM should drain and exit 0");
+    assert!(
+        fsyncs >= 1.0 && fsyncs < 2000.0,
+        "group commit should batch messages per fsync, got {fsyncs} fsyncs"
+    );
+    assert_eq!(
+        gw.terminate().unwrap(),
+        Some(0),
+        "SIGTERM should drain and exit 0"
+    );
 }
 
 #[test]
 fn every_reading_acked_by_the_embedded_broker_arrives_in_the_sink_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_tests::test_dir();
     let sink = Sink::start(dir.path(), "gw-test", free_port()).unwrap();
     let mut opts = GatewayOpts::new(free_port(), &sink);
     opts.embedded_broker = true;
     let mut gw = Gateway::start(dir.path(), &opts).unwrap();
 
-    let acked = run_sim(dir.path(), &refs(&sim_args(opts.mqtt_port, 10, 1000, 2000, 2))).unwrap();
+    let acked = run_sim(
+        dir.path(),
+        &refs(&sim_args(opts.mqtt_port, 10, 1000, 2000, 2)),
+    )
+    .unwrap();
     assert_eq!(acked.len(), 2000 * 5);
     let r = reconcile(&sink, &acked, DRAIN).unwrap();
-    assert_eq!((r.missing, r.duplicates), (0, 0), "{r:?}\n{}", gw.log_tail(30));
-    assert_eq!(gw.metric("outpost_gateway_messages_acked_total"), 2000.0, "the gateway acked every message to rumqttd in order");
+    assert_eq!(
+        (r.missing, r.duplicates),
+        (0, 0),
+        "{r:?}\n{}",
+        gw.log_tail(30)
+    );
+    assert_eq!(
+        gw.metric("outpost_gateway_messages_acked_total"),
+        2000.0,
+        "the gateway acked every message to rumqttd in order"
+    );
     assert_eq!(gw.terminate().unwrap(), Some(0));
 }
 
 #[test]
 fn kill_9_of_the_gateway_mid_stream_loses_and_duplicates_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_tests::test_dir();
     let broker = Mosquitto::start(dir.path()).unwrap();
     let sink = Sink::start(dir.path(), "gw-test", free_port()).unwrap();
     let mut gw = Gateway::start(dir.path(), &GatewayOpts::new(broker.port, &sink)).unwrap();
 
     // ~10 s of traffic; the gateway is killed with SIGKILL four times meanwhile.
-    let (mut sim, acked_log) = spawn_sim(dir.path(), &refs(&sim_args(broker.port, 20, 1000, 10_000, 3))).unwrap();
+    let (mut sim, acked_log) = spawn_sim(
+        dir.path(),
+        &refs(&sim_args(broker.port, 20, 1000, 10_000, 3)),
+    )
+    .unwrap();
     let mut kills = 0;
     for pause in [1200u64, 1700, 900, 2100] {
         std::thread::sleep(Duration::from_millis(pause));
@@ -88,26 +124,35 @@ fn kill_9_of_the_gateway_mid_stream_loses_and_duplicates_nothing() {
     assert_eq!(acked.len(), 10_000 * 5);
     let r = reconcile(&sink, &acked, DRAIN).unwrap();
     eprintln!("after {kills} kill -9: {r:?}");
-    assert_eq!(r.missing, 0, "acked by the broker but lost: {r:?}\n{}", gw.log_tail(40));
+    assert_eq!(
+        r.missing,
+        0,
+        "acked by the broker but lost: {r:?}\n{}",
+        gw.log_tail(40)
+    );
     assert_eq!(r.duplicates, 0, "{r:?}");
     assert_eq!(r.stored, r.acked);
 }
 
 #[test]
 fn a_sink_outage_is_drained_afterwards_without_loss_or_duplicates() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_tests::test_dir();
     let broker = Mosquitto::start(dir.path()).unwrap();
     let mut sink = Sink::start(dir.path(), "gw-test", free_port()).unwrap();
     let gw = Gateway::start(dir.path(), &GatewayOpts::new(broker.port, &sink)).unwrap();
 
-    let (mut sim, acked_log) = spawn_sim(dir.path(), &refs(&sim_args(broker.port, 10, 1000, 6000, 4))).unwrap();
+    let (mut sim, acked_log) =
+        spawn_sim(dir.path(), &refs(&sim_args(broker.port, 10, 1000, 6000, 4))).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     sink.kill9();
     // While the sink is down the gateway keeps accepting into its outbox.
     let acked_before = gw.metric("outpost_gateway_messages_acked_total");
     std::thread::sleep(Duration::from_secs(3));
     let acked_during = gw.metric("outpost_gateway_messages_acked_total");
-    assert!(acked_during > acked_before, "the gateway should keep acking into its outbox while the sink is down");
+    assert!(
+        acked_during > acked_before,
+        "the gateway should keep acking into its outbox while the sink is down"
+    );
     assert!(gw.metric("outpost_gateway_outbox_records") > 0.0);
     assert!(gw.metric("outpost_gateway_uplink_batches_total{outcome=\"failed\"}") >= 1.0);
     sink.up().unwrap();
@@ -115,7 +160,12 @@ fn a_sink_outage_is_drained_afterwards_without_loss_or_duplicates() {
 
     let acked = outpost_tests::read_acked(&acked_log).unwrap();
     let r = reconcile(&sink, &acked, DRAIN).unwrap();
-    assert_eq!((r.missing, r.duplicates), (0, 0), "{r:?}\n{}", gw.log_tail(30));
+    assert_eq!(
+        (r.missing, r.duplicates),
+        (0, 0),
+        "{r:?}\n{}",
+        gw.log_tail(30)
+    );
     wait_for(Duration::from_secs(20), "the outbox to drain", || {
         (gw.metric("outpost_gateway_outbox_records") == 0.0).then_some(())
     })
@@ -124,7 +174,7 @@ fn a_sink_outage_is_drained_afterwards_without_loss_or_duplicates() {
 
 #[test]
 fn a_full_outbox_under_block_stops_acking_instead_of_losing_data() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_tests::test_dir();
     let broker = Mosquitto::start(dir.path()).unwrap();
     // The sink is provisioned but not started: the outbox can only fill.
     let mut sink = Sink::prepare(dir.path(), "gw-test", free_port()).unwrap();
@@ -135,28 +185,47 @@ fn a_full_outbox_under_block_stops_acking_instead_of_losing_data() {
     // 4000 messages × 5 readings ≈ 2 MB of outbox records: twice the cap.
     let total_messages = 4000.0;
     let acked = run_sim(dir.path(), &refs(&sim_args(broker.port, 10, 2000, 4000, 5))).unwrap();
-    assert_eq!(acked.len(), 4000 * 5, "Mosquitto acks the simulator and queues for the gateway");
-    let stalled_at = wait_for(Duration::from_secs(30), "the gateway to stop acking", || {
-        let a = gw.metric("outpost_gateway_messages_acked_total");
-        std::thread::sleep(Duration::from_millis(700));
-        let b = gw.metric("outpost_gateway_messages_acked_total");
-        (a == b && gw.metric("outpost_gateway_outbox_full_waits_total") >= 1.0).then_some(b)
-    })
+    assert_eq!(
+        acked.len(),
+        4000 * 5,
+        "Mosquitto acks the simulator and queues for the gateway"
+    );
+    let stalled_at = wait_for(
+        Duration::from_secs(30),
+        "the gateway to stop acking",
+        || {
+            let a = gw.metric("outpost_gateway_messages_acked_total");
+            std::thread::sleep(Duration::from_millis(700));
+            let b = gw.metric("outpost_gateway_messages_acked_total");
+            (a == b && gw.metric("outpost_gateway_outbox_full_waits_total") >= 1.0).then_some(b)
+        },
+    )
     .unwrap();
-    assert!(stalled_at < total_messages, "the gateway acked everything although the outbox is full");
+    assert!(
+        stalled_at < total_messages,
+        "the gateway acked everything although the outbox is full"
+    );
     assert!(gw.metric("outpost_gateway_outbox_bytes") <= 1024.0 * 1024.0);
     assert_eq!(gw.metric("outpost_gateway_outbox_dropped_total"), 0.0);
 
     // Sink up: the outbox drains, acking resumes, and nothing was lost.
     sink.up().unwrap();
     let r = reconcile(&sink, &acked, Duration::from_secs(90)).unwrap();
-    assert_eq!((r.missing, r.duplicates), (0, 0), "{r:?}\n{}", gw.log_tail(30));
-    assert_eq!(gw.metric("outpost_gateway_messages_acked_total"), total_messages);
+    assert_eq!(
+        (r.missing, r.duplicates),
+        (0, 0),
+        "{r:?}\n{}",
+        gw.log_tail(30)
+    );
+    assert_eq!(
+        gw.metric("outpost_gateway_messages_acked_total"),
+        total_messages
+    );
 }
 
 #[test]
 fn malformed_oversized_and_nan_payloads_are_quarantined_and_good_data_flows() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = outpost_tests::test_dir();
     let broker = Mosquitto::start(dir.path()).unwrap();
     let sink = Sink::start(dir.path(), "gw-test", free_port()).unwrap();
     let mut opts = GatewayOpts::new(broker.port, &sink);
@@ -179,10 +248,23 @@ fn malformed_oversized_and_nan_payloads_are_quarantined_and_good_data_flows() {
     let bad: Vec<(&str, Vec<u8>)> = vec![
         ("syntax", b"{not json".to_vec()),
         ("syntax", br#"[{"bn":"p/","n":"t","v":1.0"#.to_vec()),
-        ("too_large", format!(r#"[{{"bn":"p/","n":"t","v":1,"x":"{}"}}]"#, "x".repeat(8 * 1024)).into_bytes()),
-        ("too_deep", format!("{}{}", "[".repeat(64), "]".repeat(64)).into_bytes()),
+        (
+            "too_large",
+            format!(
+                r#"[{{"bn":"p/","n":"t","v":1,"x":"{}"}}]"#,
+                "x".repeat(8 * 1024)
+            )
+            .into_bytes(),
+        ),
+        (
+            "too_deep",
+            format!("{}{}", "[".repeat(64), "]".repeat(64)).into_bytes(),
+        ),
         ("non_finite_value", nan_cbor),
-        ("unsupported_value", br#"[{"bn":"p/","n":"state","vs":"on"}]"#.to_vec()),
+        (
+            "unsupported_value",
+            br#"[{"bn":"p/","n":"state","vs":"on"}]"#.to_vec(),
+        ),
         ("empty", Vec::new()),
     ];
     let good = 100;
@@ -214,20 +296,41 @@ fn malformed_oversized_and_nan_payloads_are_quarantined_and_good_data_flows() {
         }
     });
 
-    let want: std::collections::HashSet<_> =
-        (0..good as i64).map(|i| ("pump-good".to_owned(), "temperature".to_owned(), (1_700_000_000 + i) * 1_000_000_000)).collect();
+    let want: std::collections::HashSet<_> = (0..good as i64)
+        .map(|i| {
+            (
+                "pump-good".to_owned(),
+                "temperature".to_owned(),
+                (1_700_000_000 + i) * 1_000_000_000,
+            )
+        })
+        .collect();
     let r = reconcile(&sink, &want, DRAIN).unwrap();
-    assert_eq!((r.missing, r.duplicates, r.stored), (0, 0, good), "{r:?}\n{}", gw.log_tail(30));
+    assert_eq!(
+        (r.missing, r.duplicates, r.stored),
+        (0, 0, good),
+        "{r:?}\n{}",
+        gw.log_tail(30)
+    );
 
     let m = gw.metrics().unwrap();
     for (reason, _) in &bad {
         let key = format!("outpost_gateway_quarantined_total{{reason=\"{reason}\"}}");
-        assert!(m.get(&key).copied().unwrap_or(0.0) >= 1.0, "no quarantine count for {reason}: {m:#?}");
+        assert!(
+            m.get(&key).copied().unwrap_or(0.0) >= 1.0,
+            "no quarantine count for {reason}: {m:#?}"
+        );
     }
-    assert!(gw.is_running(), "bad input must never take the gateway down");
+    assert!(
+        gw.is_running(),
+        "bad input must never take the gateway down"
+    );
     // Every bad message was acked after its durable quarantine, so none is redelivered forever.
     let expected_acks = good + (0..good).filter(|i| bad.get(i % 15).is_some()).count();
-    assert_eq!(m["outpost_gateway_messages_acked_total"], expected_acks as f64);
+    assert_eq!(
+        m["outpost_gateway_messages_acked_total"],
+        expected_acks as f64
+    );
     gw.terminate().unwrap();
     let out = std::process::Command::new(outpost_tests::bin("outpost-gateway"))
         .args(["quarantine", "list", "--config"])
@@ -235,6 +338,9 @@ fn malformed_oversized_and_nan_payloads_are_quarantined_and_good_data_flows() {
         .output()
         .unwrap();
     let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && listing.contains("non_finite_value"), "{listing}");
+    assert!(
+        out.status.success() && listing.contains("non_finite_value"),
+        "{listing}"
+    );
     let _ = Instant::now();
 }

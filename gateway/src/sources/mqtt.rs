@@ -11,6 +11,7 @@
 //!   broker redelivers everything unacknowledged after we reconnect.
 //! - Reconnects with exponential backoff and jitter.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use protocol::{DecodeContext, DecodeLimits, PayloadFormat, Timestamp};
@@ -26,7 +27,10 @@ use crate::metrics::Metrics;
 #[derive(Debug, thiserror::Error)]
 pub enum MqttSourceError {
     #[error("cannot read {path}: {source}")]
-    ReadFile { path: String, source: std::io::Error },
+    ReadFile {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// How long to keep the connection alive after shutdown begins, so the acks of
@@ -50,7 +54,11 @@ struct PendingAck {
 
 impl MqttSource {
     pub fn new(cfg: MqttConfig, limits: DecodeLimits, metrics: Metrics) -> Self {
-        MqttSource { cfg, limits, metrics }
+        MqttSource {
+            cfg,
+            limits,
+            metrics,
+        }
     }
 
     fn options(&self) -> Result<MqttOptions, MqttSourceError> {
@@ -58,7 +66,11 @@ impl MqttSource {
             MqttMode::External => (self.cfg.host.clone(), self.cfg.port),
             MqttMode::Embedded => {
                 let listen = self.cfg.embedded.listen;
-                let ip = if listen.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { listen.ip() };
+                let ip = if listen.ip().is_unspecified() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    listen.ip()
+                };
                 (ip.to_string(), listen.port())
             }
         };
@@ -76,27 +88,51 @@ impl MqttSource {
         }
         if let Some(tls) = &self.cfg.tls {
             let read = |p: &std::path::Path| {
-                std::fs::read(p).map_err(|source| MqttSourceError::ReadFile { path: p.display().to_string(), source })
+                std::fs::read(p).map_err(|source| MqttSourceError::ReadFile {
+                    path: p.display().to_string(),
+                    source,
+                })
             };
             let ca = read(&tls.ca_file)?;
             let client_auth = match (&tls.client_cert, &tls.client_key) {
                 (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
                 _ => None,
             };
-            o.set_transport(Transport::Tls(TlsConfiguration::Simple { ca, alpn: None, client_auth }));
+            o.set_transport(Transport::Tls(TlsConfiguration::Simple {
+                ca,
+                alpn: None,
+                client_auth,
+            }));
         }
         Ok(o)
     }
 
     /// Runs until `shutdown` flips to true; then drains pending acks and disconnects.
     /// Dropping `tx` (on return) tells the ingest stage this source is done.
-    pub async fn run(self, tx: mpsc::Sender<Envelope>, mut shutdown: watch::Receiver<bool>) -> Result<(), MqttSourceError> {
+    ///
+    /// The event loop is polled all the time — also while ingest is blocked —
+    /// because rumqttc only sends queued PUBACKs (and pings) while polled; not
+    /// polling while acks wait would deadlock. Decoded messages wait in a
+    /// staging queue until the ingest queue has room. That queue is bounded by
+    /// MQTT flow control: the broker sends at most its inflight window of
+    /// unacknowledged QoS 1 messages. QoS 0 messages (no delivery guarantee)
+    /// are dropped and counted once the queue holds [`STAGING_QOS0_CAP`].
+    pub async fn run(
+        self,
+        tx: mpsc::Sender<Envelope>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), MqttSourceError> {
         let options = self.options()?;
-        let (client, mut eventloop) = AsyncClient::new(options, usize::from(self.cfg.inflight).max(16));
-        let (ack_tx, ack_rx) = mpsc::channel::<PendingAck>(usize::from(self.cfg.inflight).max(16) * 4);
+        // Room for an ack per message the broker may have in flight to us.
+        let (client, mut eventloop) =
+            AsyncClient::new(options, usize::from(self.cfg.inflight).max(16) * 2);
+        // Unbounded on purpose: each entry is a QoS 1 message the broker sent
+        // and we have not acked yet, so the broker's inflight window bounds it.
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<PendingAck>();
         let (failed_tx, mut failed_rx) = mpsc::channel::<()>(1);
         let acker = tokio::spawn(ack_in_order(client.clone(), ack_rx, failed_tx));
         let mut connection = 0u64;
+        let mut staging: VecDeque<Staged> = VecDeque::new();
         let mut backoff = Backoff::new(self.cfg.reconnect_min, self.cfg.reconnect_max);
         let subs = self.cfg.subscriptions.clone();
 
@@ -110,13 +146,24 @@ impl MqttSource {
                     eventloop.clean();
                     continue;
                 }
+                permit = tx.reserve(), if !staging.is_empty() => {
+                    let Ok(permit) = permit else { break };
+                    if let Some(staged) = staging.pop_front() {
+                        permit.send(staged.envelope);
+                        if let Some(pending) = staged.ack {
+                            let _ = ack_tx.send(pending);
+                        }
+                    }
+                }
                 ev = eventloop.poll() => match ev {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        self.handle_publish(p, connection, &subs, &tx, &ack_tx).await;
+                        if let Some(staged) = self.stage(p, connection, &subs, staging.len()) {
+                            staging.push_back(staged);
+                        }
                     }
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        info!(session_present = ack.session_present, "Connected to MQTT broker.");
                         connection += 1;
+                        info!(session_present = ack.session_present, "Connected to MQTT broker.");
                         self.metrics.mqtt_connected.set(1);
                         self.metrics.mqtt_connections.inc();
                         backoff.reset();
@@ -145,8 +192,11 @@ impl MqttSource {
             }
         }
 
-        // Shutdown: no new messages go to ingest (drop our sender); keep the
-        // connection polled until every committed message has been acked.
+        // Shutdown: staged messages are not forwarded (never acked, so the
+        // broker redelivers them); no new messages go to ingest (drop our
+        // sender); keep the connection polled until every committed message
+        // has been acked.
+        drop(staging);
         drop(tx);
         drop(ack_tx);
         let deadline = tokio::time::sleep(DRAIN_DEADLINE);
@@ -167,7 +217,9 @@ impl MqttSource {
             let flush_deadline = tokio::time::Instant::now() + Duration::from_secs(2);
             while tokio::time::Instant::now() < flush_deadline {
                 match tokio::time::timeout_at(flush_deadline, eventloop.poll()).await {
-                    Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)))
+                    | Ok(Err(_))
+                    | Err(_) => break,
                     Ok(Ok(_)) => {}
                 }
             }
@@ -177,20 +229,26 @@ impl MqttSource {
         Ok(())
     }
 
-    async fn handle_publish(
+    /// Decodes one PUBLISH into a staged envelope (with its pending ack for QoS 1).
+    fn stage(
         &self,
         p: Publish,
         connection: u64,
         subs: &[Subscription],
-        tx: &mpsc::Sender<Envelope>,
-        ack_tx: &mpsc::Sender<PendingAck>,
-    ) {
+        staged: usize,
+    ) -> Option<Staged> {
         self.metrics.messages_received.inc();
+        if p.qos == QoS::AtMostOnce && staged >= STAGING_QOS0_CAP {
+            self.metrics.quarantine("qos0_dropped_backpressure");
+            return None;
+        }
         let received = Timestamp::now();
         let topic = p.topic.clone();
         let sub = subs.iter().find(|s| topic_matches(&s.topic, &topic));
         let format = sub.map_or(PayloadFormat::Auto, |s| s.format);
-        let device = sub.and_then(|s| s.device_from_topic_level).and_then(|level| topic.split('/').nth(level));
+        let device = sub
+            .and_then(|s| s.device_from_topic_level)
+            .and_then(|level| topic.split('/').nth(level));
         let ctx = DecodeContext::new(received).with_device(device);
         let content = match format.decode(&p.payload, &ctx, &self.limits) {
             Ok(readings) => {
@@ -199,32 +257,58 @@ impl MqttSource {
             }
             Err(error) => {
                 debug!(topic = %topic, error = %error, "Payload rejected.");
-                Content::Rejected { error, payload: p.payload.to_vec(), payload_len: p.payload.len() }
+                Content::Rejected {
+                    error,
+                    payload: p.payload.to_vec(),
+                    payload_len: p.payload.len(),
+                }
             }
         };
         let origin = format!("mqtt:{topic}");
         if p.qos == QoS::AtMostOnce {
-            let _ = tx.send(Envelope::unacked(origin, received, content)).await;
-            return;
+            return Some(Staged {
+                envelope: Envelope::unacked(origin, received, content),
+                ack: None,
+            });
         }
         let (envelope, done) = Envelope::new(origin, received, content);
-        // Both channels are bounded: when ingest falls behind we stop polling
-        // the connection, and the broker stops sending (its inflight window).
-        if tx.send(envelope).await.is_err() {
-            return;
-        }
-        let _ = ack_tx.send(PendingAck { publish: p, done, connection }).await;
+        Some(Staged {
+            envelope,
+            ack: Some(PendingAck {
+                publish: p,
+                done,
+                connection,
+            }),
+        })
     }
 }
+
+/// A decoded message waiting for room in the ingest queue.
+struct Staged {
+    envelope: Envelope,
+    ack: Option<PendingAck>,
+}
+
+/// QoS 0 messages are dropped (and counted) once this many messages wait.
+pub const STAGING_QOS0_CAP: usize = 1024;
 
 /// Acks messages strictly in arrival order, each after its commit.
 ///
 /// When a commit fails, that message and every later one received on the same
 /// connection are left unacknowledged and the connection is dropped: the broker
 /// redelivers all of them, in order, on the next connection.
-async fn ack_in_order(client: AsyncClient, mut rx: mpsc::Receiver<PendingAck>, failed: mpsc::Sender<()>) {
+async fn ack_in_order(
+    client: AsyncClient,
+    mut rx: mpsc::UnboundedReceiver<PendingAck>,
+    failed: mpsc::Sender<()>,
+) {
     let mut poisoned: Option<u64> = None;
-    while let Some(PendingAck { publish, done, connection }) = rx.recv().await {
+    while let Some(PendingAck {
+        publish,
+        done,
+        connection,
+    }) = rx.recv().await
+    {
         let result = done.await;
         if poisoned.is_some_and(|g| connection <= g) {
             continue;
