@@ -297,7 +297,7 @@ async fn ingest_inner(
         let expected = batch.idempotency_key();
         if key.as_bytes() != expected.as_bytes() {
             // Dedup does not depend on the header (it is by reading identity and
-            // (gateway, seq)), so a mismatch is worth a warning, not a refusal.
+            // (gateway, outbox_epoch, seq)), so a mismatch is worth a warning, not a refusal.
             warn!(gateway = %gateway, key = ?key, expected = %expected, "Idempotency-Key does not match the batch.");
         }
     }

@@ -87,6 +87,24 @@ async fn the_same_batch_sent_twice_is_stored_once_and_duplicates_are_counted() {
 }
 
 #[tokio::test]
+async fn a_wiped_gateway_restarting_its_sequence_in_a_new_epoch_loses_nothing() {
+    let (sink, token, _) = start().await;
+    let c = client();
+    let before = batch("gw-a", 1..=5, "dev-1").with_epoch(7);
+    let (_, r1) = post(&c, &sink.url, Some(&token), &before).await;
+    assert_eq!(r1, serde_json::json!({"stored": 5, "duplicates": 0}));
+    // Same sequence numbers, new readings (another device), new outbox epoch.
+    let after = batch("gw-a", 1..=5, "dev-2").with_epoch(8);
+    let (_, r2) = post(&c, &sink.url, Some(&token), &after).await;
+    assert_eq!(r2, serde_json::json!({"stored": 5, "duplicates": 0}));
+    // The same reuse within one epoch is a gateway bug: refused, counted.
+    let reused = batch("gw-a", 1..=5, "dev-3").with_epoch(8);
+    let (_, r3) = post(&c, &sink.url, Some(&token), &reused).await;
+    assert_eq!(r3, serde_json::json!({"stored": 0, "duplicates": 5}));
+    assert_eq!(readings_count(&c, &sink.url).await, 10);
+}
+
+#[tokio::test]
 async fn overlapping_batches_store_each_reading_once() {
     let (sink, token, _) = start().await;
     let c = client();

@@ -193,9 +193,14 @@ impl Ingest {
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         self.metrics.commit_envelopes.observe(group.len() as f64);
+        let now = protocol::Timestamp::now();
         for e in &mut group {
             if e.done.is_some() {
                 self.metrics.messages_acked.inc();
+                let waited = now.as_nanos().saturating_sub(e.received.as_nanos()).max(0);
+                self.metrics
+                    .ack_latency_seconds
+                    .observe(waited as f64 / 1e9);
             }
             e.finish(Commit::Durable);
         }

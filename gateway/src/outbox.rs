@@ -13,6 +13,11 @@
 //! Deletions after an upload are not flushed eagerly: if they are lost in a
 //! crash the records are sent again and the sink drops the duplicates.
 //!
+//! - `m:epoch` → a random u64 chosen when the outbox is created. It travels
+//!   with every batch; if the gateway's storage is wiped, the new outbox has a
+//!   new epoch, so restarting sequence numbers at 1 cannot collide with the
+//!   `(gateway, epoch, seq)` keys the sink already holds.
+//!
 //! A separate tree `quarantine` keeps rejected payloads with a reason code,
 //! capped in bytes (oldest dropped first: quarantine is diagnostic data).
 
@@ -29,6 +34,7 @@ use crate::config::{StorageConfig, WhenFull};
 
 const RECORD_PREFIX: u8 = b'r';
 const NEXT_SEQ_KEY: &[u8] = b"m:next_seq";
+const EPOCH_KEY: &[u8] = b"m:epoch";
 /// Bookkeeping bytes per record counted against the cap besides the value.
 const RECORD_OVERHEAD: u64 = 9 + 16;
 
@@ -91,6 +97,7 @@ pub struct Outbox {
     counters: Mutex<Counters>,
     max_bytes: u64,
     max_quarantine_bytes: u64,
+    epoch: u64,
     when_full: WhenFull,
     /// Signalled after records were deleted (room for a blocked ingest).
     pub space_freed: Notify,
@@ -140,6 +147,17 @@ impl Outbox {
                 .unwrap_or(0);
             c.next_seq = c.next_seq.max(stored);
         }
+        let epoch = match tree.get(EPOCH_KEY)? {
+            Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0),
+            None => {
+                let epoch = rand::random::<u64>().max(1);
+                tree.insert(EPOCH_KEY, &epoch.to_be_bytes())?;
+                db.flush()?;
+                epoch
+            }
+        };
         // Sequence numbers start at 1 so that 0 can mean "nothing yet".
         c.next_seq = c.next_seq.max(1);
         for kv in quarantine.iter() {
@@ -156,6 +174,7 @@ impl Outbox {
             counters: Mutex::new(c),
             max_bytes: cfg.max_outbox_bytes.as_u64(),
             max_quarantine_bytes: cfg.max_quarantine_bytes.as_u64(),
+            epoch,
             when_full: cfg.when_full,
             space_freed: Notify::new(),
             data_added: Notify::new(),
@@ -166,6 +185,11 @@ impl Outbox {
         // A poisoned lock only means another thread panicked mid-update of plain
         // integers; the numbers are still usable.
         self.counters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This outbox's epoch (see the module docs).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Records waiting to be uploaded.
@@ -475,10 +499,27 @@ mod tests {
         }
         let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
         assert_eq!(ob.next_seq(), 4);
+        assert_ne!(ob.epoch(), 0);
         let out = ob
             .append_encoded(&Outbox::encode(&readings(1, 10)).unwrap())
             .unwrap();
         assert_eq!(out.seqs, Some((4, 4)));
+    }
+
+    #[test]
+    fn a_new_outbox_gets_a_new_epoch_and_a_reopened_one_keeps_it() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = Outbox::open(a.path(), &cfg(1 << 20, WhenFull::Block))
+            .unwrap()
+            .epoch();
+        let again = Outbox::open(a.path(), &cfg(1 << 20, WhenFull::Block))
+            .unwrap()
+            .epoch();
+        let other = Outbox::open(b.path(), &cfg(1 << 20, WhenFull::Block))
+            .unwrap()
+            .epoch();
+        assert_eq!(first, again);
+        assert_ne!(first, other);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! - Batches close on `max_batch_records`, `max_batch_bytes`, or `linger`.
 //! - Body: CBOR + zstd ([`protocol::UplinkBatch`]), bearer token,
-//!   `Idempotency-Key` = `{gateway}:{first}-{last}`.
+//!   `Idempotency-Key` = `{gateway}:{epoch}:{first}-{last}`.
 //! - Failures (network, 5xx, 401/403, 429) retry the *same* records with
 //!   exponential backoff and jitter; nothing is skipped.
 //! - 413 splits the batch in halves; a single record the sink still refuses
@@ -260,7 +260,7 @@ impl Uplink {
 
     async fn post(&self, records: &[OutboxRecord]) -> PostOutcome {
         let batch = match UplinkBatch::new(self.gateway_id.clone(), records.to_vec()) {
-            Ok(b) => b,
+            Ok(b) => b.with_epoch(self.outbox.epoch()),
             Err(e) => return PostOutcome::Retry(format!("cannot build batch: {e}")),
         };
         let level = self.cfg.compression_level;

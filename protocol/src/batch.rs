@@ -2,7 +2,7 @@
 //!
 //! Wire form: the [`UplinkBatch`] serialised as CBOR, then compressed with zstd.
 //! HTTP headers carry `Content-Type: application/cbor`, `Content-Encoding: zstd`
-//! and `Idempotency-Key: {gateway}:{first_seq}-{last_seq}`.
+//! and `Idempotency-Key: {gateway}:{outbox_epoch as 16 hex digits}:{first_seq}-{last_seq}`.
 //!
 //! `first_seq`/`last_seq` are the gateway's outbox sequence numbers; the sink
 //! de-duplicates on `(gateway, seq)` and on the reading identity, so a batch sent
@@ -42,6 +42,12 @@ pub enum OutboxItem {
 pub struct UplinkBatch {
     pub schema_version: u16,
     pub gateway_id: String,
+    /// Random id of the gateway's outbox, chosen when it was created. Sequence
+    /// numbers are unique within one epoch; a gateway whose storage was wiped
+    /// starts a new epoch, so its restarted sequence numbers never collide
+    /// with ones the sink already has.
+    #[serde(default)]
+    pub outbox_epoch: u64,
     pub first_seq: u64,
     pub last_seq: u64,
     pub records: Vec<OutboxRecord>,
@@ -118,6 +124,7 @@ impl UplinkBatch {
         let batch = UplinkBatch {
             schema_version: SCHEMA_VERSION,
             gateway_id: gateway_id.into(),
+            outbox_epoch: 0,
             first_seq: first,
             last_seq: last,
             records,
@@ -128,7 +135,16 @@ impl UplinkBatch {
 
     /// `{gateway}:{first_seq}-{last_seq}`: the same records always get the same key.
     pub fn idempotency_key(&self) -> String {
-        format!("{}:{}-{}", self.gateway_id, self.first_seq, self.last_seq)
+        format!(
+            "{}:{:016x}:{}-{}",
+            self.gateway_id, self.outbox_epoch, self.first_seq, self.last_seq
+        )
+    }
+
+    /// Sets the outbox epoch (see the field).
+    pub fn with_epoch(mut self, epoch: u64) -> Self {
+        self.outbox_epoch = epoch;
+        self
     }
 
     /// CBOR, then zstd at `level` (3 is zstd's default).
@@ -447,9 +463,15 @@ mod tests {
     }
 
     #[test]
-    fn the_idempotency_key_is_gateway_first_and_last_seq() {
-        assert_eq!(batch([17, 18, 42]).idempotency_key(), "gw-1:17-42");
-        assert_eq!(batch([5]).idempotency_key(), "gw-1:5-5");
+    fn the_idempotency_key_is_gateway_epoch_first_and_last_seq() {
+        assert_eq!(
+            batch([17, 18, 42]).idempotency_key(),
+            "gw-1:0000000000000000:17-42"
+        );
+        assert_eq!(
+            batch([5]).with_epoch(0xabc).idempotency_key(),
+            "gw-1:0000000000000abc:5-5"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!
 //! Contract for [`Storage::ingest`]: the whole batch is stored in one
 //! transaction that is durable when the method returns `Ok`; a reading whose
-//! identity `(device, channel, ts)` is already stored, or whose `(gateway, seq)`
+//! identity `(device, channel, ts)` is already stored, or whose `(gateway, outbox_epoch, seq)`
 //! is already stored, is counted as a duplicate and not stored again.
 
 pub mod sqlite;
@@ -39,12 +39,13 @@ pub enum StorageError {
 pub struct IngestOutcome {
     /// Readings newly stored.
     pub stored: u64,
-    /// Readings already stored (same identity, or same `(gateway, seq)`).
+    /// Readings already stored (same identity, or same `(gateway, outbox_epoch, seq)`).
     pub duplicates: u64,
-    /// Of the duplicates: readings refused because their `(gateway, seq)` was
+    /// Of the duplicates: readings refused because their `(gateway, outbox_epoch, seq)` was
     /// already used by a reading with a *different* identity. Should be 0; a
-    /// non-zero value means a gateway reused sequence numbers (for example its
-    /// outbox was wiped) and those readings were NOT stored.
+    /// non-zero value means a gateway reused sequence numbers within one outbox
+    /// epoch (a gateway bug: a wiped outbox starts a new epoch) and those
+    /// readings were NOT stored.
     #[serde(skip)]
     pub seq_conflicts: u64,
 }

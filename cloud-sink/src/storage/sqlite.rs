@@ -8,7 +8,7 @@
 //!   commit; one batch is one transaction, so that is one fsync per batch.
 //! - Two connections: one for writes, one for reads, each behind a mutex.
 //! - Readings are keyed by their identity `(device, channel, ts_ns)`, with a
-//!   unique index on `(gateway, seq)` too; `INSERT OR IGNORE` makes a re-sent
+//!   unique index on `(gateway, outbox_epoch, seq)` too; `INSERT OR IGNORE` makes a re-sent
 //!   batch or reading a counted no-op.
 
 use std::path::{Path, PathBuf};
@@ -45,11 +45,12 @@ CREATE TABLE IF NOT EXISTS readings (
     sensor_seq  INTEGER,
     quality     INTEGER NOT NULL,
     gateway     TEXT NOT NULL,
+    outbox_epoch INTEGER NOT NULL,
     seq         INTEGER NOT NULL,
     received_ns INTEGER NOT NULL,
     PRIMARY KEY (device, channel, ts_ns)
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS readings_gateway_seq ON readings (gateway, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS readings_gateway_seq ON readings (gateway, outbox_epoch, seq);
 ";
 
 /// SQLite INTEGER is i64; sequence numbers are u64. Store the bit pattern so
@@ -168,8 +169,8 @@ impl Storage for SqliteStorage {
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO readings
-                   (device, channel, ts_ns, value, unit, sensor_seq, quality, gateway, seq, received_ns)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                   (device, channel, ts_ns, value, unit, sensor_seq, quality, gateway, outbox_epoch, seq, received_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             let mut exists = tx.prepare_cached(
                 "SELECT 1 FROM readings WHERE device = ?1 AND channel = ?2 AND ts_ns = ?3",
@@ -184,6 +185,7 @@ impl Storage for SqliteStorage {
                     r.seq.map(u64_to_sql),
                     r.quality.bits(),
                     gateway,
+                    u64_to_sql(batch.outbox_epoch),
                     u64_to_sql(seq),
                     now,
                 ])?;
@@ -191,7 +193,7 @@ impl Storage for SqliteStorage {
                     outcome.stored += 1;
                 } else {
                     outcome.duplicates += 1;
-                    // Ignored but the identity is absent: the (gateway, seq)
+                    // Ignored but the identity is absent: the (gateway, outbox_epoch, seq)
                     // index refused it, so the gateway reused a sequence number.
                     let same_identity =
                         exists.exists(params![r.device, r.channel, r.ts.as_nanos()])?;
