@@ -560,7 +560,7 @@ mod tests {
 
     #[test]
     fn the_example_config_parses() {
-        let text = include_str!("../examples/cloud-sink.toml");
+        let text = include_str!("../../configs/cloud-sink.toml");
         let config = Config::from_toml(text).unwrap();
         assert!(config.storage.sqlite_path.is_some());
     }

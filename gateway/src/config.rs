@@ -687,6 +687,22 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_parses_and_only_misses_its_files() {
+        let text = include_str!("../../configs/gateway.toml");
+        match GatewayConfig::from_toml(text, Path::new("configs/gateway.toml")) {
+            Ok(_) => {}
+            Err(ConfigError::Invalid { problems, .. }) => {
+                // The example points at /etc/outpost/uplink-token, absent on a dev machine.
+                assert!(
+                    problems.iter().all(|p| p.key == "uplink.token_file"),
+                    "{problems:?}"
+                );
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
     fn topic_filters_follow_mqtt_wildcard_rules() {
         assert!(check_topic_filter("a/+/c").is_ok());
         assert!(check_topic_filter("#").is_ok());

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, warn};
 
 use crate::config::IngestConfig;
@@ -57,7 +57,10 @@ impl Ingest {
     }
 
     /// Runs until every sender of `rx` is dropped and the queue is drained.
-    pub async fn run(self, mut rx: mpsc::Receiver<Envelope>) {
+    /// `shutdown` only matters while a full outbox holds a group back: then the
+    /// group is abandoned unacknowledged (its senders redeliver) instead of
+    /// waiting for space that may never come.
+    pub async fn run(self, mut rx: mpsc::Receiver<Envelope>, shutdown: watch::Receiver<bool>) {
         let mut last_commit = Instant::now() - self.cfg.min_commit_interval;
         while let Some(first) = rx.recv().await {
             let earliest = last_commit + self.cfg.min_commit_interval;
@@ -73,7 +76,7 @@ impl Ingest {
                 }
             }
             last_commit = Instant::now();
-            self.commit(group).await;
+            self.commit(group, &mut shutdown.clone()).await;
         }
         // Sources are gone; make sure nothing is left unflushed.
         let outbox = self.outbox.clone();
@@ -119,7 +122,7 @@ impl Ingest {
         }
     }
 
-    async fn commit(&self, mut group: Vec<Envelope>) {
+    async fn commit(&self, mut group: Vec<Envelope>, shutdown: &mut watch::Receiver<bool>) {
         let started = Instant::now();
         let jobs: Vec<Job> = group.iter_mut().map(|e| self.prepare(e)).collect();
         let mut pending = jobs;
@@ -162,9 +165,17 @@ impl Ingest {
                         "Outbox full; holding acknowledgements until the uplink frees space."
                     );
                     self.publish_gauges();
+                    if *shutdown.borrow() {
+                        warn!(
+                            "Shutting down with a full outbox; the waiting messages stay unacknowledged."
+                        );
+                        fail_all(&mut group, "shutdown while the outbox was full");
+                        return;
+                    }
                     tokio::select! {
                         () = self.outbox.space_freed.notified() => {}
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => {}
                     }
                 }
                 Err(e) => {
@@ -368,7 +379,7 @@ mod tests {
             receivers.push(done);
         }
         drop(tx);
-        ingest.run(rx).await;
+        ingest.run(rx, watch::channel(false).1).await;
         for done in receivers {
             assert_eq!(done.await.unwrap(), Commit::Durable);
         }
@@ -393,7 +404,7 @@ mod tests {
         );
         tx.send(e).await.unwrap();
         drop(tx);
-        ingest.run(rx).await;
+        ingest.run(rx, watch::channel(false).1).await;
         assert_eq!(done.await.unwrap(), Commit::Durable);
         let q = outbox.quarantine_list(10).unwrap();
         assert_eq!(q.len(), 1);
@@ -411,7 +422,8 @@ mod tests {
         let (_dir, outbox, metrics) = setup(4_000, WhenFull::Block);
         let (tx, rx) = mpsc::channel(1000);
         let ingest = Ingest::new(outbox.clone(), metrics.clone(), IngestConfig::default(), 64);
-        let task = tokio::spawn(ingest.run(rx));
+        let (_stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(ingest.run(rx, stop_rx));
         let mut receivers = Vec::new();
         for i in 0..200 {
             let (e, done) = envelope(i);

@@ -133,7 +133,7 @@ pub async fn run(cfg: GatewayConfig, stop: impl Future<Output = ()>) -> Result<(
         cfg.ingest.clone(),
         usize::try_from(cfg.storage.quarantine_payload_bytes.as_u64()).unwrap_or(4096),
     );
-    let ingest_task = tokio::spawn(ingest.run(rx));
+    let ingest_task = tokio::spawn(ingest.run(rx, shutdown_rx.clone()));
 
     let mut source_tasks = Vec::new();
     if let Some(m) = mqtt_cfg {
