@@ -147,21 +147,45 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start(dir: &Path) -> Result<Mosquitto> {
+        Mosquitto::start_with(dir, false)
+    }
+
+    /// With `persistent`, sessions and queued messages are saved to `dir` on
+    /// shutdown, so [`Mosquitto::restart`] keeps them (as a production broker should).
+    pub fn start_with(dir: &Path, persistent: bool) -> Result<Mosquitto> {
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        let persistence = if persistent {
+            // Run as root, mosquitto drops to its own user: give it a directory it can write.
+            let data = dir.join("mosquitto-data");
+            fs::create_dir_all(&data)?;
+            fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+            format!(
+                "persistence true\npersistence_location {}/\n",
+                data.display()
+            )
+        } else {
+            "persistence false\n".to_owned()
+        };
+        fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\
+                 max_queued_messages 0\nmax_inflight_messages 100\nset_tcp_nodelay true\n"
+            ),
+        )?;
+        let proc = Mosquitto::spawn(dir, port)?;
+        Ok(Mosquitto { port, proc })
+    }
+
+    fn spawn(dir: &Path, port: u16) -> Result<Proc> {
         let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .find(|p| Path::new(p).exists())
             .ok_or_else(|| {
                 anyhow!("mosquitto is not installed (apt-get install mosquitto; .ci/run does)")
             })?;
-        let port = free_port();
         let conf = dir.join("mosquitto.conf");
-        fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 max_queued_messages 0\nmax_inflight_messages 100\nset_tcp_nodelay true\n"
-            ),
-        )?;
         let proc = Proc::spawn(
             "mosquitto",
             Command::new(exe).arg("-c").arg(&conf),
@@ -170,7 +194,15 @@ impl Mosquitto {
         wait_for(Duration::from_secs(10), "mosquitto to listen", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         })?;
-        Ok(Mosquitto { port, proc })
+        Ok(proc)
+    }
+
+    /// Clean stop (SIGTERM: a persistent broker saves its state), `down` pause, start again.
+    pub fn restart(&mut self, dir: &Path, down: Duration) -> Result<()> {
+        self.proc.terminate(Duration::from_secs(10))?;
+        std::thread::sleep(down);
+        self.proc = Mosquitto::spawn(dir, self.port)?;
+        Ok(())
     }
 }
 
@@ -672,6 +704,8 @@ pub fn test_dir() -> TestDir {
         .tempdir()
         .expect("temp dir");
     let path = tmp.path().to_path_buf();
+    // Brokers started as root may drop to their own user; let them in.
+    let _ = fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755));
     if std::env::var_os("OUTPOST_TEST_KEEP").is_some() {
         eprintln!("test directory kept: {}", path.display());
         let _ = tmp.keep();

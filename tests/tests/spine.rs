@@ -343,3 +343,37 @@ fn malformed_oversized_and_nan_payloads_are_quarantined_and_good_data_flows() {
         "{listing}"
     );
 }
+
+#[test]
+fn a_broker_restart_mid_stream_is_survived_by_reconnecting_without_loss() {
+    let dir = outpost_tests::test_dir();
+    let mut broker = Mosquitto::start_with(dir.path(), true).unwrap();
+    let sink = Sink::start(dir.path(), "gw-test", free_port()).unwrap();
+    let gw = Gateway::start(dir.path(), &GatewayOpts::new(broker.port, &sink)).unwrap();
+
+    let (mut sim, acked_log) =
+        spawn_sim(dir.path(), &refs(&sim_args(broker.port, 10, 500, 4000, 6))).unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    broker
+        .restart(dir.path(), Duration::from_millis(500))
+        .unwrap();
+    wait_sim(&mut sim, Duration::from_secs(120)).unwrap();
+
+    let acked = outpost_tests::read_acked(&acked_log).unwrap();
+    assert!(
+        acked.len() > 1000,
+        "the simulator should have delivered most of its messages"
+    );
+    let r = reconcile(&sink, &acked, DRAIN).unwrap();
+    assert_eq!(
+        (r.missing, r.duplicates),
+        (0, 0),
+        "{r:?}\n{}",
+        gw.log_tail(30)
+    );
+    assert!(
+        gw.metric("outpost_gateway_mqtt_connections_total") >= 2.0,
+        "the gateway should have reconnected"
+    );
+    assert_eq!(gw.metric("outpost_gateway_mqtt_connected"), 1.0);
+}

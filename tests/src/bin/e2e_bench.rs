@@ -42,6 +42,7 @@ const TARGET_P99_MS: f64 = 10.0;
 const SIM_TIMEOUT: Duration = Duration::from_secs(90);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(45);
 const ACK_HISTOGRAM: &str = "outpost_gateway_ack_latency_seconds";
+const COMMIT_HISTOGRAM: &str = "outpost_gateway_commit_seconds";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -108,10 +109,15 @@ struct Phase {
     mean_envelopes_per_commit: f64,
     uplink_batches: f64,
     rss_peak_mib: f64,
+    /// Of it, anonymous memory (heap), at its own peak.
+    rss_anon_peak_mib: f64,
     /// Gateway receipt → durable ack, interpolated within histogram buckets.
     gateway_ack_latency: Option<Percentiles>,
     /// Simulator publish → PUBACK (Mosquitto's ack), nearest rank.
     sim_puback_latency: Option<Percentiles>,
+    /// Duration of one group commit (append + fsync), bucket-interpolated:
+    /// a lower bound of the receipt → ack latency.
+    gateway_commit_seconds: Option<Percentiles>,
     /// Slowest `stored_count` poll, ms (the poll's own cost).
     max_poll_ms: f64,
 }
@@ -148,6 +154,7 @@ fn main() -> Result<()> {
              `cargo build --release --workspace --bins && target/release/outpost-e2e-bench`."
         );
     }
+    relaunch_where_bin_finds_the_binaries()?;
     let started = Instant::now();
     let report = run(&args)?;
     println!("{}", human(&report));
@@ -168,7 +175,7 @@ fn run(args: &Args) -> Result<Report> {
     eprintln!("baseline: bench-broker, {} messages", args.messages);
     let first = bench_broker(dir, broker.port, args.messages, "a1")?;
 
-    let sink = Sink::start(dir, "gw-bench", free_port())?;
+    let sink = Sink::start(dir, "gw-test", free_port())?;
     let mut gw = Gateway::start(dir, &GatewayOpts::new(broker.port, &sink))?;
     let gw_pid = gw
         .proc
@@ -254,6 +261,39 @@ fn run(args: &Args) -> Result<Report> {
         gateway_exit_code: exit,
         warnings,
     })
+}
+
+/// `outpost_tests::bin` looks two levels up from the running executable (a test
+/// lives in `target/<profile>/deps/`), but this binary lives in
+/// `target/<profile>/` itself. Relaunch from a hard link in `deps/` so that the
+/// harness finds the sibling binaries of the same profile.
+fn relaunch_where_bin_finds_the_binaries() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    const GUARD: &str = "OUTPOST_E2E_BENCH_RELAUNCHED";
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable directory")?;
+    if dir
+        .parent()
+        .is_some_and(|d| d.join("outpost-gateway").exists())
+    {
+        return Ok(());
+    }
+    if !dir.join("outpost-gateway").exists() || std::env::var_os(GUARD).is_some() {
+        bail!(
+            "outpost-gateway not found next to {}: run `cargo build --release --workspace --bins` first",
+            exe.display()
+        );
+    }
+    let link = dir.join("deps").join("outpost-e2e-bench");
+    let _ = fs::remove_file(&link);
+    fs::hard_link(&exe, &link)
+        .or_else(|_| fs::copy(&exe, &link).map(drop))
+        .with_context(|| format!("linking {}", link.display()))?;
+    let err = Command::new(&link)
+        .args(std::env::args_os().skip(1))
+        .env(GUARD, "1")
+        .exec();
+    Err(err).with_context(|| format!("relaunching {}", link.display()))
 }
 
 struct BrokerRun {
@@ -359,7 +399,7 @@ impl PhaseCtx<'_> {
         )?;
         let sim_pid = sim.pid().context("sim pid")?;
 
-        let mut rss_peak = 0u64;
+        let (mut rss_peak, mut anon_peak) = (0u64, 0u64);
         let mut sim_ticks = 0u64;
         let mut last_sample = Instant::now() - Duration::from_secs(1);
         let mut last_poll = last_sample;
@@ -372,9 +412,10 @@ impl PhaseCtx<'_> {
             if now.duration_since(last_sample) >= Duration::from_millis(100) {
                 last_sample = now;
                 rss_peak = rss_peak.max(rss_kib(self.pids.gateway, "VmRSS").unwrap_or(0));
-                if exited.is_none() {
-                    sim_ticks = cpu_ticks(sim_pid).unwrap_or(sim_ticks).max(sim_ticks);
-                }
+                anon_peak = anon_peak.max(rss_kib(self.pids.gateway, "RssAnon").unwrap_or(0));
+            }
+            if exited.is_none() {
+                sim_ticks = cpu_ticks(sim_pid).unwrap_or(sim_ticks).max(sim_ticks);
             }
             if exited.is_none() && !sim.is_running() {
                 let t = Instant::now();
@@ -480,7 +521,9 @@ impl PhaseCtx<'_> {
                 / commits.max(1.0),
             uplink_batches: uplink,
             rss_peak_mib: rss_peak as f64 / 1024.0,
+            rss_anon_peak_mib: anon_peak as f64 / 1024.0,
             gateway_ack_latency,
+            gateway_commit_seconds: histogram_delta(&before, &after, COMMIT_HISTOGRAM),
             sim_puback_latency: s.latency,
             max_poll_ms: max_poll.as_secs_f64() * 1e3,
         })
@@ -694,7 +737,16 @@ fn human(r: &Report) -> String {
         &mut s,
         "gateway RSS peak under load, MiB",
         &format!("≤ {TARGET_RSS_LOAD_MIB}"),
-        format!("{:.1} (VmHWM {:.1})", r.rss_peak_mib, r.rss_hwm_mib),
+        format!(
+            "{:.1} (VmHWM {:.1}; anonymous {:.1})",
+            r.rss_peak_mib,
+            r.rss_hwm_mib,
+            [Some(&r.pack), r.single.as_ref(), Some(&r.half_rate)]
+                .into_iter()
+                .flatten()
+                .map(|p| p.rss_anon_peak_mib)
+                .fold(0.0, f64::max)
+        ),
     );
     for p in [Some(&r.pack), r.single.as_ref(), Some(&r.half_rate)]
         .into_iter()
@@ -731,6 +783,11 @@ fn human(r: &Report) -> String {
         &mut s,
         "gateway receipt→durable ack (bucket-interp.)",
         &h.gateway_ack_latency,
+    );
+    lat(
+        &mut s,
+        "gateway group commit (append+fsync) duration",
+        &h.gateway_commit_seconds,
     );
     lat(
         &mut s,
