@@ -220,12 +220,7 @@ impl Ingest {
     }
 
     fn publish_gauges(&self) {
-        self.metrics
-            .outbox_records
-            .set(i64::try_from(self.outbox.depth()).unwrap_or(i64::MAX));
-        self.metrics
-            .outbox_bytes
-            .set(i64::try_from(self.outbox.bytes()).unwrap_or(i64::MAX));
+        self.metrics.observe_outbox(&self.outbox);
     }
 }
 

@@ -154,6 +154,14 @@ impl Metrics {
         m
     }
 
+    /// Sets the outbox gauges from its current counters.
+    pub fn observe_outbox(&self, outbox: &crate::outbox::Outbox) {
+        self.outbox_records
+            .set(i64::try_from(outbox.depth()).unwrap_or(i64::MAX));
+        self.outbox_bytes
+            .set(i64::try_from(outbox.bytes()).unwrap_or(i64::MAX));
+    }
+
     pub fn quarantine(&self, reason: &str) {
         self.quarantined
             .get_or_create(&ReasonLabel {

@@ -192,12 +192,7 @@ impl Uplink {
             last_success.elapsed().as_secs_f64()
         };
         self.metrics.uplink_lag_seconds.set(lag);
-        self.metrics
-            .outbox_records
-            .set(i64::try_from(self.outbox.depth()).unwrap_or(i64::MAX));
-        self.metrics
-            .outbox_bytes
-            .set(i64::try_from(self.outbox.bytes()).unwrap_or(i64::MAX));
+        self.metrics.observe_outbox(&self.outbox);
     }
 
     /// Sends `records` until the sink has all of them (splitting on 413), or shutdown.
