@@ -111,6 +111,8 @@ struct Phase {
     rss_peak_mib: f64,
     /// Of it, anonymous memory (heap), at its own peak.
     rss_anon_peak_mib: f64,
+    /// Most messages received by the gateway and not yet acked (sampled every 200 ms).
+    max_unacked_messages: f64,
     /// Gateway receipt → durable ack, interpolated within histogram buckets.
     gateway_ack_latency: Option<Percentiles>,
     /// Simulator publish → PUBACK (Mosquitto's ack), nearest rank.
@@ -400,6 +402,8 @@ impl PhaseCtx<'_> {
         let sim_pid = sim.pid().context("sim pid")?;
 
         let (mut rss_peak, mut anon_peak) = (0u64, 0u64);
+        let mut max_unacked = 0f64;
+        let mut last_scrape = Instant::now() - Duration::from_secs(1);
         let mut sim_ticks = 0u64;
         let mut last_sample = Instant::now() - Duration::from_secs(1);
         let mut last_poll = last_sample;
@@ -413,6 +417,16 @@ impl PhaseCtx<'_> {
                 last_sample = now;
                 rss_peak = rss_peak.max(rss_kib(self.pids.gateway, "VmRSS").unwrap_or(0));
                 anon_peak = anon_peak.max(rss_kib(self.pids.gateway, "RssAnon").unwrap_or(0));
+            }
+            if now.duration_since(last_scrape) >= Duration::from_millis(200) {
+                last_scrape = now;
+                if let Ok(m) = self.gw.metrics() {
+                    let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+                    max_unacked = max_unacked.max(
+                        get("outpost_gateway_messages_received_total")
+                            - get("outpost_gateway_messages_acked_total"),
+                    );
+                }
             }
             if exited.is_none() {
                 sim_ticks = cpu_ticks(sim_pid).unwrap_or(sim_ticks).max(sim_ticks);
@@ -522,6 +536,7 @@ impl PhaseCtx<'_> {
             uplink_batches: uplink,
             rss_peak_mib: rss_peak as f64 / 1024.0,
             rss_anon_peak_mib: anon_peak as f64 / 1024.0,
+            max_unacked_messages: max_unacked,
             gateway_ack_latency,
             gateway_commit_seconds: histogram_delta(&before, &after, COMMIT_HISTOGRAM),
             sim_puback_latency: s.latency,
@@ -800,8 +815,21 @@ fn human(r: &Report) -> String {
         .flatten()
     {
         s.push_str(&format!(
-            "  {:<10} window {:.2} s: gateway {:.2}  mosquitto {:.2}  sink {:.2}  sim {:.2}  (uplink batches {}, slowest count poll {:.1} ms)\n",
-            p.name, p.window_s, p.gateway_cpu_s, p.mosquitto_cpu_s, p.sink_cpu_s, p.sim_cpu_s, p.uplink_batches, p.max_poll_ms
+            "  {:<10} window {:.2} s (sim done after {:.2} s): gateway {:.2}  mosquitto {:.2}  \
+             sink {:.2}  sim {:.2}\n  {:<10} gateway RSS peak {:.1} MiB, most unacked msgs {:.0}, \
+             uplink batches {}, slowest count poll {:.1} ms\n",
+            p.name,
+            p.window_s,
+            p.sim_elapsed_s,
+            p.gateway_cpu_s,
+            p.mosquitto_cpu_s,
+            p.sink_cpu_s,
+            p.sim_cpu_s,
+            "",
+            p.rss_peak_mib,
+            p.max_unacked_messages,
+            p.uplink_batches,
+            p.max_poll_ms
         ));
     }
     if let Some(code) = r.gateway_exit_code {
