@@ -101,8 +101,8 @@ pub struct IngestConfig {
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
-            queue_capacity: 4096,
-            max_commit_batch: 2048,
+            queue_capacity: 1024,
+            max_commit_batch: 1024,
             min_commit_interval: Duration::from_millis(5),
         }
     }
@@ -169,6 +169,10 @@ pub struct MqttConfig {
     /// Most unacknowledged QoS 1 messages the broker may have in flight to us.
     #[serde(default = "default_inflight")]
     pub inflight: u16,
+    /// Most decoded messages held in memory waiting for room in the ingest
+    /// queue; past it the gateway stops reading from the broker.
+    #[serde(default = "default_max_pending")]
+    pub max_pending_messages: usize,
     /// First reconnect delay; doubles up to `reconnect_max`.
     #[serde(default = "default_reconnect_min", with = "humantime_serde")]
     pub reconnect_min: Duration,
@@ -331,6 +335,9 @@ fn default_true() -> bool {
 }
 fn default_inflight() -> u16 {
     100
+}
+fn default_max_pending() -> usize {
+    1024
 }
 fn default_reconnect_min() -> Duration {
     Duration::from_millis(200)
@@ -500,6 +507,9 @@ impl GatewayConfig {
                 }
                 if m.inflight == 0 {
                     bad("mqtt.inflight", "must be at least 1".into());
+                }
+                if m.max_pending_messages == 0 {
+                    bad("mqtt.max_pending_messages", "must be at least 1".into());
                 }
                 if m.reconnect_min > m.reconnect_max {
                     bad(

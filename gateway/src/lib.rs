@@ -137,7 +137,12 @@ pub async fn run(cfg: GatewayConfig, stop: impl Future<Output = ()>) -> Result<(
 
     let mut source_tasks = Vec::new();
     if let Some(m) = mqtt_cfg {
-        let source = MqttSource::new(m, cfg.limits.decode_limits(), metrics.clone());
+        let source = MqttSource::new(
+            m,
+            cfg.limits.decode_limits(),
+            metrics.clone(),
+            usize::try_from(cfg.storage.quarantine_payload_bytes.as_u64()).unwrap_or(4096),
+        );
         source_tasks.push(tokio::spawn(source.run(tx.clone(), shutdown_rx.clone())));
     }
     drop(tx);

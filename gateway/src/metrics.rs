@@ -112,6 +112,11 @@ impl Metrics {
         );
         r.register("fsyncs", "Outbox flushes (fsyncs)", m.fsyncs.clone());
         r.register(
+            "ack_latency_seconds",
+            "From a message's receipt to the release of its acknowledgement (durable commit)",
+            m.ack_latency_seconds.clone(),
+        );
+        r.register(
             "commit_seconds",
             "Time of one group commit (append + flush)",
             m.commit_seconds.clone(),

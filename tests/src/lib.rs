@@ -21,8 +21,10 @@ pub type Identity = (String, String, i64);
 /// Path of a workspace binary next to the running test executable.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // A binary (the bench) runs from target/<profile>/; a test from
+    // target/<profile>/deps/. Either way the programs sit in target/<profile>/.
+    let here = exe.parent().expect("executable dir");
+    let dir = if here.ends_with("deps") { here.parent().expect("target dir") } else { here };
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -42,6 +42,8 @@ pub struct MqttSource {
     cfg: MqttConfig,
     limits: DecodeLimits,
     metrics: Metrics,
+    /// Bytes of a rejected payload kept for quarantine.
+    quarantine_payload_bytes: usize,
 }
 
 /// A message waiting for its commit result before it can be acked.
@@ -53,11 +55,17 @@ struct PendingAck {
 }
 
 impl MqttSource {
-    pub fn new(cfg: MqttConfig, limits: DecodeLimits, metrics: Metrics) -> Self {
+    pub fn new(
+        cfg: MqttConfig,
+        limits: DecodeLimits,
+        metrics: Metrics,
+        quarantine_payload_bytes: usize,
+    ) -> Self {
         MqttSource {
             cfg,
             limits,
             metrics,
+            quarantine_payload_bytes,
         }
     }
 
@@ -110,13 +118,16 @@ impl MqttSource {
     /// Runs until `shutdown` flips to true; then drains pending acks and disconnects.
     /// Dropping `tx` (on return) tells the ingest stage this source is done.
     ///
-    /// The event loop is polled all the time — also while ingest is blocked —
-    /// because rumqttc only sends queued PUBACKs (and pings) while polled; not
-    /// polling while acks wait would deadlock. Decoded messages wait in a
-    /// staging queue until the ingest queue has room. That queue is bounded by
-    /// MQTT flow control: the broker sends at most its inflight window of
-    /// unacknowledged QoS 1 messages. QoS 0 messages (no delivery guarantee)
-    /// are dropped and counted once the queue holds [`STAGING_QOS0_CAP`].
+    /// Decoded messages wait in a staging queue until the ingest queue has
+    /// room. While `mqtt.max_pending_messages` are staged the event loop is not
+    /// polled: the socket is not read and TCP pushes back on the broker. (The
+    /// broker's inflight window cannot be relied on for this: Mosquitto 2.0.11
+    /// was measured sending thousands of unacked QoS 1 messages at once.)
+    ///
+    /// Nothing in this loop waits on the ack path. rumqttc sends queued PUBACKs
+    /// only while polled, so a poll loop blocked on acks deadlocks (an earlier
+    /// version did; see ARCHITECTURE.md). Staging drains as ingest consumes,
+    /// independent of acks, so polling always resumes.
     pub async fn run(
         self,
         tx: mpsc::Sender<Envelope>,
@@ -126,8 +137,9 @@ impl MqttSource {
         // Room for an ack per message the broker may have in flight to us.
         let (client, mut eventloop) =
             AsyncClient::new(options, usize::from(self.cfg.inflight).max(16) * 2);
-        // Unbounded on purpose: each entry is a QoS 1 message the broker sent
-        // and we have not acked yet, so the broker's inflight window bounds it.
+        // Unbounded on purpose (a bounded channel could block the poll loop):
+        // every entry is a message already handed to ingest, so its length is
+        // bounded by the ingest queue plus one commit group plus staging.
         let (ack_tx, ack_rx) = mpsc::unbounded_channel::<PendingAck>();
         let (failed_tx, mut failed_rx) = mpsc::channel::<()>(1);
         let acker = tokio::spawn(ack_in_order(client.clone(), ack_rx, failed_tx));
@@ -155,9 +167,9 @@ impl MqttSource {
                         }
                     }
                 }
-                ev = eventloop.poll() => match ev {
+                ev = eventloop.poll(), if staging.len() < self.cfg.max_pending_messages => match ev {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if let Some(staged) = self.stage(p, connection, &subs, staging.len()) {
+                        if let Some(staged) = self.stage(p, connection, &subs) {
                             staging.push_back(staged);
                         }
                     }
@@ -230,18 +242,8 @@ impl MqttSource {
     }
 
     /// Decodes one PUBLISH into a staged envelope (with its pending ack for QoS 1).
-    fn stage(
-        &self,
-        p: Publish,
-        connection: u64,
-        subs: &[Subscription],
-        staged: usize,
-    ) -> Option<Staged> {
+    fn stage(&self, p: Publish, connection: u64, subs: &[Subscription]) -> Option<Staged> {
         self.metrics.messages_received.inc();
-        if p.qos == QoS::AtMostOnce && staged >= STAGING_QOS0_CAP {
-            self.metrics.quarantine("qos0_dropped_backpressure");
-            return None;
-        }
         let received = Timestamp::now();
         let topic = p.topic.clone();
         let sub = subs.iter().find(|s| topic_matches(&s.topic, &topic));
@@ -257,9 +259,10 @@ impl MqttSource {
             }
             Err(error) => {
                 debug!(topic = %topic, error = %error, "Payload rejected.");
+                let kept = p.payload.len().min(self.quarantine_payload_bytes);
                 Content::Rejected {
                     error,
-                    payload: p.payload.to_vec(),
+                    payload: p.payload[..kept].to_vec(),
                     payload_len: p.payload.len(),
                 }
             }
@@ -272,10 +275,14 @@ impl MqttSource {
             });
         }
         let (envelope, done) = Envelope::new(origin, received, content);
+        // Keep only what the PUBACK needs: holding the original would keep its
+        // payload — and the network buffer it is a slice of — alive until the ack.
+        let mut ack = Publish::new(String::new(), p.qos, Vec::new());
+        ack.pkid = p.pkid;
         Some(Staged {
             envelope,
             ack: Some(PendingAck {
-                publish: p,
+                publish: ack,
                 done,
                 connection,
             }),
@@ -288,9 +295,6 @@ struct Staged {
     envelope: Envelope,
     ack: Option<PendingAck>,
 }
-
-/// QoS 0 messages are dropped (and counted) once this many messages wait.
-pub const STAGING_QOS0_CAP: usize = 1024;
 
 /// Acks messages strictly in arrival order, each after its commit.
 ///

@@ -156,7 +156,6 @@ fn main() -> Result<()> {
              `cargo build --release --workspace --bins && target/release/outpost-e2e-bench`."
         );
     }
-    relaunch_where_bin_finds_the_binaries()?;
     let started = Instant::now();
     let report = run(&args)?;
     println!("{}", human(&report));
@@ -263,39 +262,6 @@ fn run(args: &Args) -> Result<Report> {
         gateway_exit_code: exit,
         warnings,
     })
-}
-
-/// `outpost_tests::bin` looks two levels up from the running executable (a test
-/// lives in `target/<profile>/deps/`), but this binary lives in
-/// `target/<profile>/` itself. Relaunch from a hard link in `deps/` so that the
-/// harness finds the sibling binaries of the same profile.
-fn relaunch_where_bin_finds_the_binaries() -> Result<()> {
-    use std::os::unix::process::CommandExt;
-    const GUARD: &str = "OUTPOST_E2E_BENCH_RELAUNCHED";
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("executable directory")?;
-    if dir
-        .parent()
-        .is_some_and(|d| d.join("outpost-gateway").exists())
-    {
-        return Ok(());
-    }
-    if !dir.join("outpost-gateway").exists() || std::env::var_os(GUARD).is_some() {
-        bail!(
-            "outpost-gateway not found next to {}: run `cargo build --release --workspace --bins` first",
-            exe.display()
-        );
-    }
-    let link = dir.join("deps").join("outpost-e2e-bench");
-    let _ = fs::remove_file(&link);
-    fs::hard_link(&exe, &link)
-        .or_else(|_| fs::copy(&exe, &link).map(drop))
-        .with_context(|| format!("linking {}", link.display()))?;
-    let err = Command::new(&link)
-        .args(std::env::args_os().skip(1))
-        .env(GUARD, "1")
-        .exec();
-    Err(err).with_context(|| format!("relaunching {}", link.display()))
 }
 
 struct BrokerRun {
