@@ -169,7 +169,7 @@ async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Body) -
                 warn!(
                     gateway = %gateway,
                     conflicts = outcome.seq_conflicts,
-                    "Readings refused: the gateway reused sequence numbers for new readings."
+                    "The gateway reused sequence numbers for new readings (stored anyway)."
                 );
             }
             debug!(gateway = %gateway, stored = outcome.stored, duplicates = outcome.duplicates, "Batch stored.");

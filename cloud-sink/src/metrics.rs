@@ -3,7 +3,7 @@
 //! - `outpost_sink_batches_total{outcome}` — ingest requests by outcome.
 //! - `outpost_sink_readings_stored_total` — readings newly stored.
 //! - `outpost_sink_readings_duplicate_total` — readings already stored.
-//! - `outpost_sink_seq_conflicts_total` — readings refused because a gateway reused a sequence number.
+//! - `outpost_sink_seq_conflicts_total` — readings stored although a gateway reused their sequence number (a gateway bug; an alarm).
 //! - `outpost_sink_ingest_seconds` — time from request to commit, accepted batches only.
 //! - `outpost_sink_http_requests_total{path,status}` — every HTTP response.
 
@@ -86,7 +86,7 @@ impl Metrics {
         let seq_conflicts = Counter::default();
         registry.register(
             "outpost_sink_seq_conflicts",
-            "Readings refused because their gateway sequence number was already used by another reading",
+            "Readings stored although another reading already had their gateway sequence number (gateway bug)",
             seq_conflicts.clone(),
         );
         // 0.5 ms .. ~16 s.

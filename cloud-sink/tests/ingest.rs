@@ -97,11 +97,24 @@ async fn a_wiped_gateway_restarting_its_sequence_in_a_new_epoch_loses_nothing() 
     let after = batch("gw-a", 1..=5, "dev-2").with_epoch(8);
     let (_, r2) = post(&c, &sink.url, Some(&token), &after).await;
     assert_eq!(r2, serde_json::json!({"stored": 5, "duplicates": 0}));
-    // The same reuse within one epoch is a gateway bug: refused, counted.
+    // Reuse within one epoch is a gateway bug: counted as a conflict, but the
+    // readings are still stored — an alarm must not cost data.
     let reused = batch("gw-a", 1..=5, "dev-3").with_epoch(8);
     let (_, r3) = post(&c, &sink.url, Some(&token), &reused).await;
-    assert_eq!(r3, serde_json::json!({"stored": 0, "duplicates": 5}));
-    assert_eq!(readings_count(&c, &sink.url).await, 10);
+    assert_eq!(r3, serde_json::json!({"stored": 5, "duplicates": 0}));
+    assert_eq!(readings_count(&c, &sink.url).await, 15);
+    let metrics = c
+        .get(format!("{}/metrics", sink.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("outpost_sink_seq_conflicts_total 5"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

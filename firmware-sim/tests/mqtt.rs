@@ -43,7 +43,9 @@ fn start_broker() -> Broker {
     let conf = dir.path().join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        // No queue limit: the default (1000) drops messages for a subscriber that
+        // falls behind on a busy machine, which would fail the counts below.
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n"),
     )
     .unwrap();
     let child = match Command::new("mosquitto")

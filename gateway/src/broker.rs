@@ -25,11 +25,12 @@ pub enum BrokerError {
     NotListening(SocketAddr, Duration),
 }
 
-fn rumqttd_config(cfg: &EmbeddedBrokerConfig) -> Config {
+fn rumqttd_config(cfg: &EmbeddedBrokerConfig, inflight: u16) -> Config {
     let connections = ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: usize::try_from(cfg.max_payload_bytes.as_u64()).unwrap_or(usize::MAX),
-        max_inflight_count: 100,
+        // How many unacked QoS 1 messages rumqttd sends a client at once.
+        max_inflight_count: usize::from(inflight),
         auth: None,
         external_auth: None,
         dynamic_filters: true,
@@ -59,8 +60,8 @@ fn rumqttd_config(cfg: &EmbeddedBrokerConfig) -> Config {
 
 /// Starts rumqttd on its own threads and waits until it accepts connections.
 /// The broker lives as long as the process.
-pub fn start(cfg: &EmbeddedBrokerConfig) -> Result<(), BrokerError> {
-    let config = rumqttd_config(cfg);
+pub fn start(cfg: &EmbeddedBrokerConfig, inflight: u16) -> Result<(), BrokerError> {
+    let config = rumqttd_config(cfg, inflight);
     std::thread::Builder::new()
         .name("embedded-broker".into())
         .spawn(move || {

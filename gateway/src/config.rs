@@ -166,7 +166,9 @@ pub struct MqttConfig {
     /// Persistent session (clean_session = false): unacked messages survive our restarts.
     #[serde(default = "default_true")]
     pub persistent_session: bool,
-    /// Most unacknowledged QoS 1 messages the broker may have in flight to us.
+    /// Size of the client's request window. With the embedded broker it is also
+    /// the broker's window: the most unacked QoS 1 messages it sends us at once.
+    /// (An external broker sets its own, e.g. Mosquitto's `max_inflight_messages`.)
     #[serde(default = "default_inflight")]
     pub inflight: u16,
     /// Most decoded messages held in memory waiting for room in the ingest

@@ -113,7 +113,8 @@ pub async fn run(cfg: GatewayConfig, stop: impl Future<Output = ()>) -> Result<(
         && m.mode == MqttMode::Embedded
     {
         let embedded = m.embedded.clone();
-        tokio::task::spawn_blocking(move || broker::start(&embedded))
+        let inflight = m.inflight;
+        tokio::task::spawn_blocking(move || broker::start(&embedded, inflight))
             .await
             .map_err(|e| broker::BrokerError::Spawn(std::io::Error::other(e.to_string())))??;
     }
@@ -175,10 +176,14 @@ pub async fn run(cfg: GatewayConfig, stop: impl Future<Output = ()>) -> Result<(
             "Shutdown deadline passed; exiting with tasks still running (nothing unacknowledged is lost)."
         );
     }
+    // Bounded too: if storage is wedged (often why the deadline passed), exit
+    // anyway — nothing unflushed was acknowledged.
     let o = outbox.clone();
-    match tokio::task::spawn_blocking(move || o.flush()).await {
-        Ok(Ok(())) => info!(state = %outbox.describe(), "Outbox flushed; bye."),
-        _ => error!("Final outbox flush failed."),
+    let flush = tokio::task::spawn_blocking(move || o.flush());
+    match tokio::time::timeout(Duration::from_secs(10), flush).await {
+        Ok(Ok(Ok(()))) => info!(state = %outbox.describe(), "Outbox flushed; bye."),
+        Ok(_) => error!("Final outbox flush failed."),
+        Err(_) => error!("Final outbox flush timed out."),
     }
     Ok(())
 }

@@ -119,7 +119,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(outpost_gateway::run(cfg, shutdown_signal())) {
+            let result = runtime.block_on(outpost_gateway::run(cfg, shutdown_signal()));
+            // Do not wait for blocking tasks stuck on wedged storage.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "Gateway failed to start.");

@@ -23,7 +23,9 @@ pub struct Metrics {
     pub messages_received: Counter,
     pub readings_received: Counter,
     pub readings_committed: Counter,
+    pub messages_committed: Counter,
     pub messages_acked: Counter,
+    pub acks_stale: Counter,
     pub quarantined: Family<ReasonLabel, Counter>,
     pub outbox_records: Gauge,
     pub outbox_bytes: Gauge,
@@ -47,7 +49,9 @@ impl Metrics {
             messages_received: Counter::default(),
             readings_received: Counter::default(),
             readings_committed: Counter::default(),
+            messages_committed: Counter::default(),
             messages_acked: Counter::default(),
+            acks_stale: Counter::default(),
             quarantined: Family::default(),
             outbox_records: Gauge::default(),
             outbox_bytes: Gauge::default(),
@@ -111,6 +115,16 @@ impl Metrics {
             m.outbox_full_waits.clone(),
         );
         r.register("fsyncs", "Outbox flushes (fsyncs)", m.fsyncs.clone());
+        r.register(
+            "messages_committed",
+            "Messages made durable (readings in the outbox or the payload in quarantine)",
+            m.messages_committed.clone(),
+        );
+        r.register(
+            "acks_stale",
+            "Acks not sent because their connection ended first (the broker redelivers)",
+            m.acks_stale.clone(),
+        );
         r.register(
             "ack_latency_seconds",
             "From a message's receipt to the release of its acknowledgement (durable commit)",

@@ -23,6 +23,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytesize::ByteSize;
 use protocol::batch::{OutboxItem, OutboxRecord};
@@ -95,6 +96,8 @@ pub struct Outbox {
     tree: sled::Tree,
     quarantine: sled::Tree,
     counters: Mutex<Counters>,
+    /// Every record with a lower seq is durable (see [`Outbox::read_batch`]).
+    durable_next: AtomicU64,
     max_bytes: u64,
     max_quarantine_bytes: u64,
     epoch: u64,
@@ -171,6 +174,7 @@ impl Outbox {
             db,
             tree,
             quarantine,
+            durable_next: AtomicU64::new(c.next_seq),
             counters: Mutex::new(c),
             max_bytes: cfg.max_outbox_bytes.as_u64(),
             max_quarantine_bytes: cfg.max_quarantine_bytes.as_u64(),
@@ -288,14 +292,27 @@ impl Outbox {
         })
     }
 
-    /// Makes everything written so far durable (one fsync of sled's log).
+    /// Makes everything written so far durable (one fsync of sled's log),
+    /// and with it lets the uplink read those records.
     pub fn flush(&self) -> Result<(), OutboxError> {
+        let covered = self.counters().next_seq;
         self.db.flush()?;
+        self.durable_next.fetch_max(covered, Ordering::AcqRel);
         Ok(())
     }
 
+    /// Records below this sequence number are durable.
+    pub fn durable_next(&self) -> u64 {
+        self.durable_next.load(Ordering::Acquire)
+    }
+
     /// Up to `max_records` records (and about `max_bytes`) with seq ≥ `from`,
-    /// in order. Always returns at least one record if any exists.
+    /// in order; at least one if any is readable.
+    ///
+    /// Only durable records are returned. Uploading a record that a crash could
+    /// still undo would let its sequence number be given to another reading
+    /// after the restart — and the sink would then hold two readings under one
+    /// `(gateway, epoch, seq)`.
     pub fn read_batch(
         &self,
         from: u64,
@@ -304,7 +321,11 @@ impl Outbox {
     ) -> Result<Vec<OutboxRecord>, OutboxError> {
         let mut out = Vec::new();
         let mut bytes = 0u64;
-        for kv in self.tree.range(record_key(from)..=record_key(u64::MAX)) {
+        let end = self.durable_next();
+        if from >= end {
+            return Ok(out);
+        }
+        for kv in self.tree.range(record_key(from)..record_key(end)) {
             let (k, v) = kv?;
             let Some(seq) = key_seq(&k) else { continue };
             let cost = record_cost(v.len());
@@ -324,6 +345,10 @@ impl Outbox {
 
     /// Deletes records `first..=last` after the sink confirmed them.
     pub fn remove_range(&self, first: u64, last: u64) -> Result<u64, OutboxError> {
+        // The counters lock is held across scan and delete, as in
+        // `append_encoded`: a concurrent `drop_oldest` must not count the same
+        // records as freed a second time.
+        let mut c = self.counters();
         let mut batch = sled::Batch::default();
         let mut n = 0u64;
         let mut freed = 0u64;
@@ -334,12 +359,11 @@ impl Outbox {
             batch.remove(k);
         }
         self.tree.apply_batch(batch)?;
-        {
-            let mut c = self.counters();
-            c.records = c.records.saturating_sub(n);
-            c.bytes = c.bytes.saturating_sub(freed);
-        }
-        self.space_freed.notify_waiters();
+        c.records = c.records.saturating_sub(n);
+        c.bytes = c.bytes.saturating_sub(freed);
+        drop(c);
+        // One waiter (ingest); a stored permit means no wakeup is lost.
+        self.space_freed.notify_one();
         Ok(n)
     }
 
@@ -475,6 +499,11 @@ mod tests {
             .append_encoded(&Outbox::encode(&readings(5, 0)).unwrap())
             .unwrap();
         assert_eq!(out.seqs, Some((1, 5)));
+        assert!(
+            ob.read_batch(0, 10, u64::MAX).unwrap().is_empty(),
+            "nothing is readable before the flush"
+        );
+        ob.flush().unwrap();
         let batch = ob.read_batch(0, 3, u64::MAX).unwrap();
         assert_eq!(
             batch.iter().map(|r| r.seq).collect::<Vec<_>>(),
@@ -543,6 +572,7 @@ mod tests {
         assert!(full, "the cap was never reached");
         assert!(ob.bytes() <= 2_000);
         assert!(ob.depth() >= before);
+        ob.flush().unwrap();
         // Nothing was dropped: every sequence number is still there.
         let all = ob.read_batch(0, usize::MAX, u64::MAX).unwrap();
         assert_eq!(all.len() as u64, ob.depth());
@@ -562,6 +592,7 @@ mod tests {
         }
         assert!(dropped > 0);
         assert!(ob.bytes() <= 2_000);
+        ob.flush().unwrap();
         let all = ob.read_batch(0, usize::MAX, u64::MAX).unwrap();
         assert_eq!(all.len() as u64 + dropped, 250);
         // The newest records survive.

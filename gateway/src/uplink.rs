@@ -205,14 +205,22 @@ impl Uplink {
         let mut parts: VecDeque<Vec<OutboxRecord>> = VecDeque::from([records]);
         while let Some(part) = parts.pop_front() {
             loop {
-                let outcome = self.post(&part).await;
+                let outcome = tokio::select! {
+                    o = self.post(&part) => o,
+                    // Abandon the request: its records stay in the outbox.
+                    _ = shutdown.changed() => return Delivery::Shutdown,
+                };
                 match outcome {
                     PostOutcome::Stored => {
                         self.metrics.uplink("sent");
                         self.metrics.uplink_readings_sent.inc_by(part.len() as u64);
-                        if let Err(e) = self.remove(&part).await {
-                            // The sink has them; if they are sent again it drops the duplicates.
-                            error!(error = %e, "Could not delete uploaded records from the outbox.");
+                        // The sink has them. Until they are deleted they hold
+                        // outbox space, so keep trying; never move past them.
+                        while let Err(e) = self.remove(&part).await {
+                            error!(error = %e, "Could not delete uploaded records from the outbox; retrying.");
+                            if sleep_or_shutdown(backoff.next_delay(), shutdown).await {
+                                return Delivery::Shutdown;
+                            }
                         }
                         break;
                     }
@@ -236,7 +244,12 @@ impl Uplink {
                             seq = part[0].seq,
                             "The sink refuses even a single record as too large; moving it to quarantine."
                         );
-                        self.quarantine_too_large(&part).await;
+                        while let Err(e) = self.quarantine_too_large(&part).await {
+                            error!(error = %e, "Could not move the record to quarantine; retrying.");
+                            if sleep_or_shutdown(backoff.next_delay(), shutdown).await {
+                                return Delivery::Shutdown;
+                            }
+                        }
                         break;
                     }
                     PostOutcome::Retry(why) => {
@@ -310,7 +323,7 @@ impl Uplink {
             .unwrap_or_else(|e| Err(OutboxError::Encode(format!("remove task panicked: {e}"))))
     }
 
-    async fn quarantine_too_large(&self, part: &[OutboxRecord]) {
+    async fn quarantine_too_large(&self, part: &[OutboxRecord]) -> Result<(), String> {
         let outbox = self.outbox.clone();
         let record = part[0].clone();
         let res = tokio::task::spawn_blocking(move || {
@@ -328,8 +341,10 @@ impl Uplink {
             outbox.flush()
         })
         .await;
-        if !matches!(res, Ok(Ok(()))) {
-            error!("Could not move a too-large record to quarantine; it stays in the outbox.");
+        match res {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("quarantine task panicked: {e}")),
         }
     }
 }

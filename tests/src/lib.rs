@@ -24,7 +24,11 @@ pub fn bin(name: &str) -> PathBuf {
     // A binary (the bench) runs from target/<profile>/; a test from
     // target/<profile>/deps/. Either way the programs sit in target/<profile>/.
     let here = exe.parent().expect("executable dir");
-    let dir = if here.ends_with("deps") { here.parent().expect("target dir") } else { here };
+    let dir = if here.ends_with("deps") {
+        here.parent().expect("target dir")
+    } else {
+        here
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -6,8 +6,8 @@
 //!
 //! Contract for [`Storage::ingest`]: the whole batch is stored in one
 //! transaction that is durable when the method returns `Ok`; a reading whose
-//! identity `(device, channel, ts)` is already stored, or whose `(gateway, outbox_epoch, seq)`
-//! is already stored, is counted as a duplicate and not stored again.
+//! identity `(device, channel, ts)` is already stored is counted as a
+//! duplicate and not stored again.
 
 pub mod sqlite;
 
@@ -39,13 +39,12 @@ pub enum StorageError {
 pub struct IngestOutcome {
     /// Readings newly stored.
     pub stored: u64,
-    /// Readings already stored (same identity, or same `(gateway, outbox_epoch, seq)`).
+    /// Readings already stored (same identity).
     pub duplicates: u64,
-    /// Of the duplicates: readings refused because their `(gateway, outbox_epoch, seq)` was
-    /// already used by a reading with a *different* identity. Should be 0; a
-    /// non-zero value means a gateway reused sequence numbers within one outbox
-    /// epoch (a gateway bug: a wiped outbox starts a new epoch) and those
-    /// readings were NOT stored.
+    /// Of the stored: readings whose `(gateway, outbox_epoch, seq)` another
+    /// reading with a *different* identity already has. Should be 0; non-zero
+    /// means a gateway reused sequence numbers within one outbox epoch (a
+    /// gateway bug). The readings are stored all the same.
     #[serde(skip)]
     pub seq_conflicts: u64,
 }

@@ -7,9 +7,11 @@
 //!   sink confirmed would be gone from both sides. `FULL` syncs the WAL on every
 //!   commit; one batch is one transaction, so that is one fsync per batch.
 //! - Two connections: one for writes, one for reads, each behind a mutex.
-//! - Readings are keyed by their identity `(device, channel, ts_ns)`, with a
-//!   unique index on `(gateway, outbox_epoch, seq)` too; `INSERT OR IGNORE` makes a re-sent
-//!   batch or reading a counted no-op.
+//! - Readings are keyed by their identity `(device, channel, ts_ns)`;
+//!   `INSERT OR IGNORE` makes a re-sent batch or reading a counted no-op.
+//!   `(gateway, outbox_epoch, seq)` is indexed but not unique: a reused
+//!   sequence number (a gateway bug) is counted as a conflict and the reading
+//!   is still stored — an alarm must never cost data.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -50,7 +52,7 @@ CREATE TABLE IF NOT EXISTS readings (
     received_ns INTEGER NOT NULL,
     PRIMARY KEY (device, channel, ts_ns)
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS readings_gateway_seq ON readings (gateway, outbox_epoch, seq);
+CREATE INDEX IF NOT EXISTS readings_gateway_seq ON readings (gateway, outbox_epoch, seq);
 ";
 
 /// SQLite INTEGER is i64; sequence numbers are u64. Store the bit pattern so
@@ -172,8 +174,8 @@ impl Storage for SqliteStorage {
                    (device, channel, ts_ns, value, unit, sensor_seq, quality, gateway, outbox_epoch, seq, received_ns)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
-            let mut exists = tx.prepare_cached(
-                "SELECT 1 FROM readings WHERE device = ?1 AND channel = ?2 AND ts_ns = ?3",
+            let mut seq_used = tx.prepare_cached(
+                "SELECT COUNT(*) FROM readings WHERE gateway = ?1 AND outbox_epoch = ?2 AND seq = ?3",
             )?;
             for (seq, r) in batch.readings() {
                 let changed = insert.execute(params![
@@ -191,15 +193,18 @@ impl Storage for SqliteStorage {
                 ])?;
                 if changed == 1 {
                     outcome.stored += 1;
-                } else {
-                    outcome.duplicates += 1;
-                    // Ignored but the identity is absent: the (gateway, outbox_epoch, seq)
-                    // index refused it, so the gateway reused a sequence number.
-                    let same_identity =
-                        exists.exists(params![r.device, r.channel, r.ts.as_nanos()])?;
-                    if !same_identity {
+                    // Stored, but is its (gateway, epoch, seq) also another
+                    // reading's? Then the gateway reused a sequence number: an
+                    // alarm, never a reason to drop data.
+                    if seq_used.query_row(
+                        params![gateway, u64_to_sql(batch.outbox_epoch), u64_to_sql(seq)],
+                        |row| row.get::<_, i64>(0),
+                    )? > 1
+                    {
                         outcome.seq_conflicts += 1;
                     }
+                } else {
+                    outcome.duplicates += 1;
                 }
             }
             let updated = tx.execute(
@@ -381,17 +386,22 @@ mod tests {
     }
 
     #[test]
-    fn a_reused_sequence_number_with_a_new_identity_is_reported_as_a_conflict() {
+    fn a_reused_sequence_number_with_a_new_identity_is_stored_and_reported_as_a_conflict() {
         let (_dir, storage) = open();
         storage.ingest("gw", &batch("gw", 1..=3, 0)).unwrap();
         let outcome = storage.ingest("gw", &batch("gw", 1..=3, 1000)).unwrap();
         assert_eq!(
             outcome,
             IngestOutcome {
-                stored: 0,
-                duplicates: 3,
+                stored: 3,
+                duplicates: 0,
                 seq_conflicts: 3
             }
+        );
+        let again = storage.ingest("gw", &batch("gw", 1..=3, 1000)).unwrap();
+        assert_eq!(
+            (again.stored, again.duplicates, again.seq_conflicts),
+            (0, 3, 0)
         );
     }
 

@@ -134,30 +134,39 @@ impl MqttSource {
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), MqttSourceError> {
         let options = self.options()?;
-        // Room for an ack per message the broker may have in flight to us.
         let (client, mut eventloop) =
             AsyncClient::new(options, usize::from(self.cfg.inflight).max(16) * 2);
-        // Unbounded on purpose (a bounded channel could block the poll loop):
-        // every entry is a message already handed to ingest, so its length is
-        // bounded by the ingest queue plus one commit group plus staging.
+        // Both unbounded on purpose (a bounded channel could block the poll
+        // loop): every entry is a message already handed to ingest, so their
+        // length is bounded by the ingest queue plus one commit group.
         let (ack_tx, ack_rx) = mpsc::unbounded_channel::<PendingAck>();
-        let (failed_tx, mut failed_rx) = mpsc::channel::<()>(1);
-        let acker = tokio::spawn(ack_in_order(client.clone(), ack_rx, failed_tx));
+        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<AckEvent>();
+        let acker = tokio::spawn(ack_in_order(ack_rx, ready_tx));
         let mut connection = 0u64;
+        let mut gate = AckGate::default();
+        let mut pending_subscribes: Vec<String> = Vec::new();
         let mut staging: VecDeque<Staged> = VecDeque::new();
         let mut backoff = Backoff::new(self.cfg.reconnect_min, self.cfg.reconnect_max);
         let subs = self.cfg.subscriptions.clone();
 
         loop {
+            self.send_acks(&mut gate, &client);
+            pending_subscribes
+                .retain(|t| client.try_subscribe(t.clone(), QoS::AtLeastOnce).is_err());
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                Some(()) = failed_rx.recv() => {
-                    warn!("A commit failed; reconnecting so the broker redelivers unacknowledged messages.");
-                    self.metrics.mqtt_connected.set(0);
-                    eventloop.clean();
-                    continue;
-                }
+                Some(event) = ready_rx.recv() => match event {
+                    AckEvent::Ack(ack) => gate.push(ack),
+                    AckEvent::Failed { connection } => {
+                        if gate.is_live(connection) {
+                            warn!("A commit failed; reconnecting so the broker redelivers unacknowledged messages.");
+                            gate.disconnected();
+                            self.metrics.mqtt_connected.set(0);
+                            eventloop.clean();
+                        }
+                    }
+                },
                 permit = tx.reserve(), if !staging.is_empty() => {
                     let Ok(permit) = permit else { break };
                     if let Some(staged) = staging.pop_front() {
@@ -175,15 +184,12 @@ impl MqttSource {
                     }
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         connection += 1;
+                        gate.connected(connection);
                         info!(session_present = ack.session_present, "Connected to MQTT broker.");
                         self.metrics.mqtt_connected.set(1);
                         self.metrics.mqtt_connections.inc();
                         backoff.reset();
-                        for s in &subs {
-                            if let Err(e) = client.try_subscribe(s.topic.clone(), QoS::AtLeastOnce) {
-                                error!(topic = %s.topic, error = %e, "Subscribe request failed.");
-                            }
-                        }
+                        pending_subscribes = subs.iter().map(|s| s.topic.clone()).collect();
                     }
                     Ok(Event::Incoming(Packet::SubAck(s))) => {
                         if s.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
@@ -192,6 +198,9 @@ impl MqttSource {
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        // rumqttc has dropped the PUBACKs it had queued; ours
+                        // for this connection are stale from now on.
+                        gate.disconnected();
                         self.metrics.mqtt_connected.set(0);
                         let delay = backoff.next_delay();
                         warn!(error = %e, retry_in = ?delay, "MQTT connection failed.");
@@ -213,17 +222,36 @@ impl MqttSource {
         drop(ack_tx);
         let deadline = tokio::time::sleep(DRAIN_DEADLINE);
         tokio::pin!(deadline);
-        let mut acker = acker;
+        let mut acker_done = false;
         loop {
+            self.send_acks(&mut gate, &client);
+            if acker_done && gate.is_empty() {
+                break;
+            }
             tokio::select! {
-                _ = &mut acker => break,
+                event = ready_rx.recv(), if !acker_done => match event {
+                    Some(AckEvent::Ack(ack)) => gate.push(ack),
+                    Some(AckEvent::Failed { .. }) => {}
+                    None => acker_done = true,
+                },
                 () = &mut deadline => {
                     warn!("Gave up waiting for pending acks; the broker will redeliver them.");
                     break;
                 }
-                ev = eventloop.poll() => if ev.is_err() { tokio::time::sleep(Duration::from_millis(50)).await },
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        connection += 1;
+                        gate.connected(connection);
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        gate.disconnected();
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
             }
         }
+        acker.abort();
         // Push the queued PUBACKs out, then disconnect cleanly.
         if client.try_disconnect().is_ok() {
             let flush_deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -239,6 +267,15 @@ impl MqttSource {
         self.metrics.mqtt_connected.set(0);
         info!("MQTT source stopped.");
         Ok(())
+    }
+
+    /// Queues every ready PUBACK for the live connection with rumqttc (stale
+    /// ones are dropped: the broker redelivers those messages), until its
+    /// request channel is full; the next poll drains it.
+    fn send_acks(&self, gate: &mut AckGate, client: &AsyncClient) {
+        let stale = gate.send_ready(|publish| client.try_ack(publish).is_ok());
+        self.metrics.messages_acked.inc_by(stale.sent);
+        self.metrics.acks_stale.inc_by(stale.dropped);
     }
 
     /// Decodes one PUBLISH into a staged envelope (with its pending ack for QoS 1).
@@ -296,15 +333,15 @@ struct Staged {
     ack: Option<PendingAck>,
 }
 
-/// Acks messages strictly in arrival order, each after its commit.
+/// Awaits commit results strictly in arrival order and reports each as an
+/// [`AckEvent`] to the source task, which alone talks to rumqttc.
 ///
 /// When a commit fails, that message and every later one received on the same
 /// connection are left unacknowledged and the connection is dropped: the broker
 /// redelivers all of them, in order, on the next connection.
 async fn ack_in_order(
-    client: AsyncClient,
     mut rx: mpsc::UnboundedReceiver<PendingAck>,
-    failed: mpsc::Sender<()>,
+    ready: mpsc::UnboundedSender<AckEvent>,
 ) {
     let mut poisoned: Option<u64> = None;
     while let Some(PendingAck {
@@ -317,20 +354,101 @@ async fn ack_in_order(
         if poisoned.is_some_and(|g| connection <= g) {
             continue;
         }
-        match result {
-            Ok(Commit::Durable) => {
-                if let Err(e) = client.ack(&publish).await {
-                    warn!(error = %e, "Could not queue PUBACK; the broker will redeliver.");
-                }
-            }
+        let event = match result {
+            Ok(Commit::Durable) => AckEvent::Ack(ReadyAck {
+                publish,
+                connection,
+            }),
             Ok(Commit::Failed(why)) => {
                 error!(reason = %why, pkid = publish.pkid, "Message not stored; not acknowledging it.");
                 poisoned = Some(connection);
-                let _ = failed.try_send(());
+                AckEvent::Failed { connection }
             }
             // Ingest went away (shutdown): leave it to the broker to redeliver.
-            Err(_) => poisoned = Some(connection),
+            Err(_) => {
+                poisoned = Some(connection);
+                continue;
+            }
+        };
+        if ready.send(event).is_err() {
+            break;
         }
+    }
+}
+
+/// What the acker tells the source task.
+#[derive(Debug)]
+enum AckEvent {
+    /// Durable: this PUBACK may go out (if its connection is still the live one).
+    Ack(ReadyAck),
+    /// A commit failed on this connection: reconnect for redelivery.
+    Failed { connection: u64 },
+}
+
+/// A PUBACK ready to send: the packet id and the connection it belongs to.
+#[derive(Debug)]
+struct ReadyAck {
+    publish: Publish,
+    connection: u64,
+}
+
+/// Which PUBACKs may go out: only those for the live connection, in order.
+/// A packet id means nothing on another connection (rumqttd restarts its ids
+/// per connection and drops a client that acks out of order), so acks from a
+/// connection that ended are dropped; the broker redelivers those messages.
+/// Plain state, no I/O.
+#[derive(Debug, Default)]
+struct AckGate {
+    /// The connection acks may be sent on; 0 while disconnected.
+    live: u64,
+    ready: VecDeque<ReadyAck>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SendReport {
+    sent: u64,
+    dropped: u64,
+}
+
+impl AckGate {
+    fn connected(&mut self, connection: u64) {
+        self.live = connection;
+    }
+
+    fn disconnected(&mut self) {
+        self.live = 0;
+    }
+
+    fn is_live(&self, connection: u64) -> bool {
+        self.live != 0 && self.live == connection
+    }
+
+    fn push(&mut self, ack: ReadyAck) {
+        self.ready.push_back(ack);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ready.is_empty()
+    }
+
+    /// Sends ready acks in order with `send` (false = no room now, try
+    /// later). Acks of a connection that is no longer live are dropped: the
+    /// broker redelivers those messages (while disconnected, that is all of them).
+    fn send_ready(&mut self, mut send: impl FnMut(&Publish) -> bool) -> SendReport {
+        let mut report = SendReport::default();
+        while let Some(front) = self.ready.front() {
+            if !self.is_live(front.connection) {
+                self.ready.pop_front();
+                report.dropped += 1;
+                continue;
+            }
+            if !send(&front.publish) {
+                break;
+            }
+            self.ready.pop_front();
+            report.sent += 1;
+        }
+        report
     }
 }
 
@@ -352,6 +470,91 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ready(pkid: u16, connection: u64) -> ReadyAck {
+        let mut publish = Publish::new(String::new(), QoS::AtLeastOnce, Vec::new());
+        publish.pkid = pkid;
+        ReadyAck {
+            publish,
+            connection,
+        }
+    }
+
+    #[test]
+    fn acks_go_out_in_order_on_the_live_connection_and_wait_when_there_is_no_room() {
+        let mut gate = AckGate::default();
+        gate.connected(1);
+        for pkid in 1..=4 {
+            gate.push(ready(pkid, 1));
+        }
+        let mut sent = Vec::new();
+        let report = gate.send_ready(|p| {
+            if sent.len() == 2 {
+                return false;
+            }
+            sent.push(p.pkid);
+            true
+        });
+        assert_eq!(
+            report,
+            SendReport {
+                sent: 2,
+                dropped: 0
+            }
+        );
+        assert_eq!(sent, vec![1, 2]);
+        let report = gate.send_ready(|p| {
+            sent.push(p.pkid);
+            true
+        });
+        assert_eq!(report.sent, 2);
+        assert_eq!(sent, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn acks_of_an_ended_connection_are_never_sent_on_the_next_one() {
+        let mut gate = AckGate::default();
+        gate.connected(1);
+        gate.push(ready(37, 1));
+        gate.disconnected();
+        gate.push(ready(38, 1));
+        assert_eq!(
+            gate.send_ready(|_| panic!("nothing may be sent while disconnected"))
+                .dropped,
+            2
+        );
+        gate.connected(2);
+        gate.push(ready(39, 1));
+        gate.push(ready(1, 2));
+        let mut sent = Vec::new();
+        let report = gate.send_ready(|p| {
+            sent.push(p.pkid);
+            true
+        });
+        assert_eq!(
+            report,
+            SendReport {
+                sent: 1,
+                dropped: 1
+            }
+        );
+        assert_eq!(
+            sent,
+            vec![1],
+            "only the new connection's packet id goes out"
+        );
+        assert!(gate.is_empty());
+    }
+
+    #[test]
+    fn a_failure_is_acted_on_only_for_the_live_connection() {
+        let mut gate = AckGate::default();
+        gate.connected(3);
+        assert!(gate.is_live(3));
+        assert!(!gate.is_live(2));
+        gate.disconnected();
+        assert!(!gate.is_live(3));
+    }
 
     #[test]
     fn topic_filters_match_like_a_broker() {
