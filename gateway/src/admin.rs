@@ -1,5 +1,6 @@
 //! Admin HTTP server: `/metrics` (Prometheus text), `/health` (liveness with
-//! a JSON summary), `/ready` (200 once the MQTT source is connected).
+//! a JSON summary), `/ready` (200 once the MQTT source, if configured, is
+//! connected; the HTTP source is listening before this server starts).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ struct AdminState {
     registry: Arc<Registry>,
     metrics: Metrics,
     outbox: Arc<Outbox>,
+    /// Ready waits for the MQTT connection only when MQTT is configured.
+    mqtt_configured: bool,
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -32,6 +35,7 @@ pub async fn serve(
     registry: Arc<Registry>,
     metrics: Metrics,
     outbox: Arc<Outbox>,
+    mqtt_configured: bool,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -42,6 +46,7 @@ pub async fn serve(
             registry,
             metrics,
             outbox,
+            mqtt_configured,
         });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -82,7 +87,7 @@ async fn health(State(s): State<AdminState>) -> Response {
 }
 
 async fn ready(State(s): State<AdminState>) -> StatusCode {
-    if s.metrics.mqtt_connected.get() == 1 {
+    if !s.mqtt_configured || s.metrics.mqtt_connected.get() == 1 {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

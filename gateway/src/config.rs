@@ -2,7 +2,8 @@
 //! validation pass that reports every problem at once, each with its key.
 //!
 //! Secrets can come from the environment instead of the file:
-//! `OUTPOST_UPLINK_TOKEN` (uplink bearer token) and `OUTPOST_MQTT_PASSWORD`.
+//! `OUTPOST_UPLINK_TOKEN` (uplink bearer token), `OUTPOST_MQTT_PASSWORD` and
+//! `OUTPOST_HTTP_TOKEN` (the HTTP source's bearer token).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -17,6 +18,8 @@ use serde::Deserialize;
 pub const ENV_UPLINK_TOKEN: &str = "OUTPOST_UPLINK_TOKEN";
 /// Environment variable that overrides `mqtt.password`.
 pub const ENV_MQTT_PASSWORD: &str = "OUTPOST_MQTT_PASSWORD";
+/// Environment variable that overrides `http.token` (when `[http]` is present).
+pub const ENV_HTTP_TOKEN: &str = "OUTPOST_HTTP_TOKEN";
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +37,9 @@ pub struct GatewayConfig {
     pub limits: LimitsConfig,
     /// MQTT source (external broker or the embedded one).
     pub mqtt: Option<MqttConfig>,
+    /// HTTP push source: `POST /v1/readings`. At least one of `[mqtt]` and
+    /// `[http]` must be present.
+    pub http: Option<HttpSourceConfig>,
     /// Batched upload to the cloud sink.
     pub uplink: UplinkConfig,
     /// Admin HTTP server: `/metrics`, `/health`, `/ready`.
@@ -250,6 +256,52 @@ impl Default for EmbeddedBrokerConfig {
     }
 }
 
+/// The HTTP push source (`gateway/src/sources/http.rs`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSourceConfig {
+    /// Address to listen on. Plain HTTP: keep it on loopback or a trusted
+    /// network, and set `token` when it is not loopback.
+    pub listen: SocketAddr,
+    /// Bearer token every request must carry (`Authorization: Bearer ...`);
+    /// none means no authentication. `OUTPOST_HTTP_TOKEN` overrides it.
+    pub token: Option<String>,
+    /// Largest request body; bigger ones get 413. Also the payload limit the
+    /// decoders apply to this source. Default: `limits.max_payload_bytes`.
+    pub max_body_bytes: Option<ByteSize>,
+    /// Longest time one request may take: reading the body, waiting for room
+    /// in the ingest queue and for the durable commit. Past it: 408 while the
+    /// body is still arriving, 503 with `Retry-After` afterwards.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests handled at once; more wait (within `request_timeout`). Bounds
+    /// memory to about this many times `max_body_bytes`.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for HttpSourceConfig {
+    fn default() -> Self {
+        HttpSourceConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            token: None,
+            max_body_bytes: None,
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 64,
+        }
+    }
+}
+
+impl HttpSourceConfig {
+    /// The body limit in bytes: `max_body_bytes`, or else `limits.max_payload_bytes`.
+    pub fn body_limit(&self, limits: &LimitsConfig) -> usize {
+        let b = self.max_body_bytes.unwrap_or(limits.max_payload_bytes);
+        usize::try_from(b.as_u64()).unwrap_or(usize::MAX)
+    }
+}
+
+/// Largest `http.max_body_bytes` accepted: a body is held in memory whole.
+const MAX_HTTP_BODY: u64 = 64 * 1024 * 1024;
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UplinkConfig {
@@ -440,6 +492,11 @@ impl GatewayConfig {
         {
             mqtt.password = Some(pw);
         }
+        if let (Ok(token), Some(http)) = (std::env::var(ENV_HTTP_TOKEN), self.http.as_mut())
+            && !token.is_empty()
+        {
+            http.token = Some(token);
+        }
     }
 
     /// Every problem, each with the key it is about. Empty means valid.
@@ -484,11 +541,52 @@ impl GatewayConfig {
         if !(2..=64).contains(&self.limits.max_depth) {
             bad("limits.max_depth", "must be within 2..=64".into());
         }
-        match &self.mqtt {
-            None => bad(
+        if self.mqtt.is_none() && self.http.is_none() {
+            bad(
                 "mqtt",
-                "no source is configured; add an [mqtt] section".into(),
-            ),
+                "no source is configured; add an [mqtt] or an [http] section".into(),
+            );
+        }
+        if let Some(h) = &self.http {
+            match &h.token {
+                Some(t) if t.trim().is_empty() => bad("http.token", "is empty".into()),
+                Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => bad(
+                    "http.token",
+                    "must be printable ASCII without spaces (it travels in a header)".into(),
+                ),
+                _ => {}
+            }
+            let body = h.max_body_bytes.unwrap_or(self.limits.max_payload_bytes);
+            if body.as_u64() == 0 || body.as_u64() > MAX_HTTP_BODY {
+                bad(
+                    "http.max_body_bytes",
+                    "must be positive and at most 64 MiB (a body is held in memory)".into(),
+                );
+            }
+            if h.request_timeout.is_zero() || h.request_timeout > Duration::from_secs(600) {
+                bad(
+                    "http.request_timeout",
+                    "must be positive and at most 10m".into(),
+                );
+            }
+            if h.max_concurrent_requests == 0 {
+                bad("http.max_concurrent_requests", "must be at least 1".into());
+            }
+            if self.admin.enabled && self.admin.listen == h.listen {
+                bad("http.listen", "is the same address as admin.listen".into());
+            }
+            if let Some(m) = &self.mqtt
+                && m.mode == MqttMode::Embedded
+                && m.embedded.listen == h.listen
+            {
+                bad(
+                    "http.listen",
+                    "is the same address as mqtt.embedded.listen".into(),
+                );
+            }
+        }
+        match &self.mqtt {
+            None => {}
             Some(m) => {
                 if m.subscriptions.is_empty() {
                     bad(
@@ -712,6 +810,70 @@ mod tests {
             }
             Err(e) => panic!("{e}"),
         }
+    }
+
+    const HTTP_ONLY: &str = r#"
+        gateway_id = "gw-1"
+        [http]
+        [uplink]
+        url = "http://127.0.0.1:8080"
+        token = "secret"
+    "#;
+
+    #[test]
+    fn an_http_only_config_is_valid_with_defaults() {
+        let cfg = GatewayConfig::from_toml(HTTP_ONLY, Path::new("t.toml")).unwrap();
+        assert!(cfg.mqtt.is_none());
+        let http = cfg.http.unwrap();
+        assert_eq!(http.listen, SocketAddr::from(([127, 0, 0, 1], 8081)));
+        assert_eq!(http.token, None);
+        assert_eq!(http.request_timeout, Duration::from_secs(30));
+        assert_eq!(
+            http.body_limit(&cfg.limits) as u64,
+            cfg.limits.max_payload_bytes.as_u64(),
+            "the body limit defaults to limits.max_payload_bytes"
+        );
+    }
+
+    #[test]
+    fn a_config_without_any_source_is_refused() {
+        let text = HTTP_ONLY.replace("[http]", "");
+        let err = GatewayConfig::from_toml(&text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[mqtt] or an [http] section"), "{err}");
+    }
+
+    #[test]
+    fn http_settings_are_validated_with_their_keys() {
+        let text = HTTP_ONLY.replace(
+            "[http]",
+            r#"[http]
+            listen = "127.0.0.1:9100"
+            token = "has space"
+            max_body_bytes = "65 MiB"
+            request_timeout = "0s"
+            max_concurrent_requests = 0"#,
+        );
+        let err = GatewayConfig::from_toml(&text, Path::new("t.toml")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}")
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "http.listen",
+            "http.token",
+            "http.max_body_bytes",
+            "http.request_timeout",
+            "http.max_concurrent_requests",
+        ] {
+            assert!(keys.contains(&key), "missing {key} in {keys:?}");
+        }
+        let unknown = HTTP_ONLY.replace("[http]", "[http]\nport = 8081");
+        let err = GatewayConfig::from_toml(&unknown, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("port"), "{err}");
     }
 
     #[test]

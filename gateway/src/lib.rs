@@ -3,7 +3,7 @@
 //! Module map (the way a reading travels, top to bottom):
 //! - [`config`] — TOML config, defaults, validation that reports every problem.
 //! - [`broker`] — the embedded MQTT broker (rumqttd), when configured.
-//! - [`sources`] — inputs (MQTT now); decode payloads into envelopes, ack after commit.
+//! - [`sources`] — inputs (MQTT, HTTP push); decode payloads into envelopes, ack after commit.
 //! - [`envelope`] — what a source hands to ingest, and the commit result it gets back.
 //! - [`ingest`] — the single ingest task: quarantine rejects, append, group-commit, release acks.
 //! - [`outbox`] — the sled-backed durable outbox (sequence-ordered) and quarantine.
@@ -35,6 +35,8 @@ use crate::config::{GatewayConfig, MqttMode};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::sources::SourceError;
+use crate::sources::http::HttpSource;
 use crate::sources::mqtt::MqttSource;
 use crate::uplink::Uplink;
 
@@ -59,6 +61,8 @@ pub enum StartError {
     Uplink(#[from] uplink::UplinkError),
     #[error(transparent)]
     Mqtt(#[from] sources::mqtt::MqttSourceError),
+    #[error(transparent)]
+    Http(#[from] sources::http::HttpSourceError),
 }
 
 /// Runs the gateway until `stop` resolves, then drains: sources stop, ingest
@@ -85,6 +89,12 @@ pub async fn run(cfg: GatewayConfig, stop: impl Future<Output = ()>) -> Result<(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
+    // Bound before the admin server answers `/ready`, so ready means listening.
+    let http_listener = match &cfg.http {
+        Some(h) => Some(sources::http::bind(h.listen).await?),
+        None => None,
+    };
+
     let admin = if cfg.admin.enabled {
         let listener = admin::bind(cfg.admin.listen)
             .await
@@ -102,6 +112,7 @@ pub async fn run(cfg: GatewayConfig, stop: impl Future<Output = ()>) -> Result<(
             registry.clone(),
             metrics.clone(),
             outbox.clone(),
+            cfg.mqtt.is_some(),
             shutdown_rx.clone(),
         )))
     } else {
@@ -136,15 +147,23 @@ pub async fn run(cfg: GatewayConfig, stop: impl Future<Output = ()>) -> Result<(
     );
     let ingest_task = tokio::spawn(ingest.run(rx, shutdown_rx.clone()));
 
-    let mut source_tasks = Vec::new();
+    let quarantine_payload_bytes =
+        usize::try_from(cfg.storage.quarantine_payload_bytes.as_u64()).unwrap_or(4096);
+    let mut source_tasks: Vec<tokio::task::JoinHandle<Result<(), SourceError>>> = Vec::new();
+    if let (Some(h), Some(listener)) = (&cfg.http, http_listener) {
+        let source = HttpSource::new(h, &cfg.limits, metrics.clone(), quarantine_payload_bytes);
+        let run = source.run(listener, tx.clone(), shutdown_rx.clone());
+        source_tasks.push(tokio::spawn(async move { Ok(run.await?) }));
+    }
     if let Some(m) = mqtt_cfg {
         let source = MqttSource::new(
             m,
             cfg.limits.decode_limits(),
             metrics.clone(),
-            usize::try_from(cfg.storage.quarantine_payload_bytes.as_u64()).unwrap_or(4096),
+            quarantine_payload_bytes,
         );
-        source_tasks.push(tokio::spawn(source.run(tx.clone(), shutdown_rx.clone())));
+        let run = source.run(tx.clone(), shutdown_rx.clone());
+        source_tasks.push(tokio::spawn(async move { Ok(run.await?) }));
     }
     drop(tx);
     info!(gateway = %cfg.gateway_id, "Gateway running.");

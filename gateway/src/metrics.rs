@@ -17,6 +17,11 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: u16,
+}
+
 /// Every metric the gateway exports. Cloning shares the underlying values.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -41,6 +46,7 @@ pub struct Metrics {
     pub uplink_request_seconds: Histogram,
     pub mqtt_connected: Gauge,
     pub mqtt_connections: Counter,
+    pub http_requests: Family<StatusLabel, Counter>,
 }
 
 impl Metrics {
@@ -67,6 +73,7 @@ impl Metrics {
             uplink_request_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             mqtt_connected: Gauge::default(),
             mqtt_connections: Counter::default(),
+            http_requests: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("outpost_gateway");
         r.register(
@@ -170,6 +177,11 @@ impl Metrics {
             "MQTT connections established",
             m.mqtt_connections.clone(),
         );
+        r.register(
+            "http_requests",
+            "Requests answered by the HTTP source, by status code",
+            m.http_requests.clone(),
+        );
         m
     }
 
@@ -186,6 +198,12 @@ impl Metrics {
             .get_or_create(&ReasonLabel {
                 reason: reason.to_owned(),
             })
+            .inc();
+    }
+
+    pub fn http_request(&self, status: u16) {
+        self.http_requests
+            .get_or_create(&StatusLabel { status })
             .inc();
     }
 

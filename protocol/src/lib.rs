@@ -6,11 +6,15 @@
 //! - [`senml`] — SenML (RFC 8428) packs in JSON and CBOR: decode with base-field
 //!   resolution, encode.
 //! - [`plain`] — the plain JSON object form `{"device":..,"ts":..,"temperature":21.5}`.
+//! - [`csv`] — strict CSV lines `device,channel,value[,timestamp]`, optional header.
 //! - [`payload`] — one entry point that decodes any supported payload format.
 //! - [`batch`] — the gateway → sink uplink batch: CBOR, zstd-compressed, versioned.
+//! - [`features`] — window → feature vector (stats, band energies, raw), shared by scoring and training.
 #![forbid(unsafe_code)]
 
 pub mod batch;
+pub mod csv;
+pub mod features;
 pub mod limits;
 pub mod payload;
 pub mod plain;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::{DecodeError, DecodeLimits};
 use crate::reading::{Reading, Timestamp};
-use crate::{plain, senml};
+use crate::{csv, plain, senml};
 
 /// What a decoder needs to know about where and when a payload arrived.
 #[derive(Clone, Copy, Debug)]
@@ -44,6 +44,9 @@ pub enum PayloadFormat {
     Json,
     /// Detect SenML JSON, SenML CBOR or plain JSON from the first byte(s).
     Auto,
+    /// `text/csv` lines `device,channel,value[,timestamp]` ([`crate::csv`]).
+    /// Never chosen by `Auto`: it must be named.
+    Csv,
 }
 
 impl PayloadFormat {
@@ -53,6 +56,7 @@ impl PayloadFormat {
             PayloadFormat::SenmlCbor => "senml_cbor",
             PayloadFormat::Json => "json",
             PayloadFormat::Auto => "auto",
+            PayloadFormat::Csv => "csv",
         }
     }
 
@@ -68,6 +72,7 @@ impl PayloadFormat {
             PayloadFormat::SenmlCbor => senml::decode_cbor(bytes, ctx, limits),
             PayloadFormat::Json => plain::decode(bytes, ctx, limits),
             PayloadFormat::Auto => Self::detect(bytes)?.decode(bytes, ctx, limits),
+            PayloadFormat::Csv => csv::decode(bytes, ctx, limits),
         }
     }
 
@@ -110,6 +115,7 @@ impl FromStr for PayloadFormat {
             "senml_cbor" | "senml+cbor" => Ok(PayloadFormat::SenmlCbor),
             "json" => Ok(PayloadFormat::Json),
             "auto" => Ok(PayloadFormat::Auto),
+            "csv" => Ok(PayloadFormat::Csv),
             other => Err(format!("unknown payload format {other:?}")),
         }
     }
@@ -221,6 +227,7 @@ mod tests {
             PayloadFormat::SenmlCbor,
             PayloadFormat::Json,
             PayloadFormat::Auto,
+            PayloadFormat::Csv,
         ] {
             assert_eq!(f.name().parse::<PayloadFormat>(), Ok(f));
             assert_eq!(f.to_string(), f.name());

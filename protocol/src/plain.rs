@@ -160,7 +160,7 @@ fn decode_object(
 /// RFC 3339 with `Z`, a numeric offset (`+02:00`, `-05:30`) or, leniently, no
 /// offset (taken as UTC). humantime alone would ignore a non-zero offset after
 /// fractional seconds, so the offset is split off and applied here.
-fn parse_rfc3339(s: &str) -> Option<Timestamp> {
+pub(crate) fn parse_rfc3339(s: &str) -> Option<Timestamp> {
     let (local, offset_secs) = split_utc_offset(s)?;
     // After the seconds only a fraction may remain: no second offset, no `Z`.
     let rest = local.get(19..)?;

@@ -364,6 +364,10 @@ pub struct GatewayOpts {
     pub uplink_extra: String,
     /// Extra TOML appended at the end.
     pub extra: String,
+    /// When set, an `[http]` section makes the gateway listen here for `POST /v1/readings`.
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// Extra lines inside `[http]` (only with `http_listen`).
+    pub http_extra: String,
 }
 
 impl GatewayOpts {
@@ -379,6 +383,8 @@ impl GatewayOpts {
             linger: "100ms",
             uplink_extra: String::new(),
             extra: String::new(),
+            http_listen: None,
+            http_extra: String::new(),
         }
     }
 }
@@ -432,6 +438,7 @@ backoff_min = "50ms"
 backoff_max = "1s"
 [admin]
 listen = "127.0.0.1:{admin_port}"
+{http}
 {extra}
 "#,
                 id = o.gateway_id,
@@ -444,6 +451,10 @@ listen = "127.0.0.1:{admin_port}"
                 linger = o.linger,
                 uplink_extra = o.uplink_extra,
                 extra = o.extra,
+                http = o
+                    .http_listen
+                    .map(|a| format!("[http]\nlisten = \"{a}\"\n{}\n", o.http_extra))
+                    .unwrap_or_default(),
             ),
         )?;
         let mut gw = Gateway {

@@ -3,5 +3,16 @@
 //! its sender only after the ingest stage reports the envelope durable.
 //!
 //! - [`mqtt`] — MQTT 3.1.1 subscriber (rumqttc), external or embedded broker.
+//! - [`http`] — `POST /v1/readings`; 202 after the durable commit.
 
+pub mod http;
 pub mod mqtt;
+
+/// Why a source stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::MqttSourceError),
+    #[error(transparent)]
+    Http(#[from] http::HttpSourceError),
+}
