@@ -9,6 +9,7 @@
 //! - [`outbox`] — the sled-backed durable outbox (sequence-ordered) and quarantine.
 //! - [`uplink`] — batches from the outbox to the sink over HTTP(S); delete after 2xx.
 //! - [`backoff`] — exponential backoff with jitter (plain struct).
+//! - [`service`] — systemd: READY / STOPPING / WATCHDOG notifications.
 //! - [`metrics`] / [`admin`] — Prometheus metrics and the `/metrics` `/health` `/ready` server.
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod envelope;
 pub mod ingest;
 pub mod metrics;
 pub mod outbox;
+pub mod service;
 pub mod sources;
 pub mod uplink;
 
@@ -145,7 +147,15 @@ pub async fn run(cfg: GatewayConfig, stop: impl Future<Output = ()>) -> Result<(
         cfg.ingest.clone(),
         usize::try_from(cfg.storage.quarantine_payload_bytes.as_u64()).unwrap_or(4096),
     );
-    let ingest_task = tokio::spawn(ingest.run(rx, shutdown_rx.clone()));
+    let ingest_alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let ingest_task = {
+        let alive = ingest_alive.clone();
+        let shutdown = shutdown_rx.clone();
+        tokio::spawn(async move {
+            ingest.run(rx, shutdown).await;
+            alive.store(false, std::sync::atomic::Ordering::Release);
+        })
+    };
 
     let quarantine_payload_bytes =
         usize::try_from(cfg.storage.quarantine_payload_bytes.as_u64()).unwrap_or(4096);
@@ -167,8 +177,14 @@ pub async fn run(cfg: GatewayConfig, stop: impl Future<Output = ()>) -> Result<(
     }
     drop(tx);
     info!(gateway = %cfg.gateway_id, "Gateway running.");
+    service::ready("running");
+    let watchdog = service::spawn_watchdog(ingest_alive);
 
     stop.await;
+    service::stopping();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     info!("Shutting down: stopping sources, draining ingest, flushing the outbox.");
     let _ = shutdown_tx.send(true);
     let drain = async {
