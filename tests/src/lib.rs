@@ -360,6 +360,8 @@ pub struct GatewayOpts {
     pub max_outbox: &'static str,
     pub max_payload: &'static str,
     pub linger: &'static str,
+    /// Extra lines inside `[mqtt]` (credentials, …).
+    pub mqtt_extra: String,
     /// Extra lines inside `[uplink]`.
     pub uplink_extra: String,
     /// Extra TOML appended at the end.
@@ -381,6 +383,7 @@ impl GatewayOpts {
             max_outbox: "64 MiB",
             max_payload: "256 KiB",
             linger: "100ms",
+            mqtt_extra: String::new(),
             uplink_extra: String::new(),
             extra: String::new(),
             http_listen: None,
@@ -399,7 +402,8 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn start(dir: &Path, o: &GatewayOpts) -> Result<Gateway> {
+    /// Writes `gateway.toml` in `dir`; the process is not started.
+    pub fn configure(dir: &Path, o: &GatewayOpts) -> Result<Gateway> {
         let admin_port = free_port();
         let config = dir.join("gateway.toml");
         let mode = if o.embedded_broker {
@@ -423,6 +427,7 @@ port = {port}
 client_id = "outpost-{id}"
 keep_alive = "10s"
 reconnect_max = "1s"
+{mqtt_extra}
 [[mqtt.subscriptions]]
 topic = "outpost/sensors/#"
 format = "auto"
@@ -449,6 +454,7 @@ listen = "127.0.0.1:{admin_port}"
                 url = o.sink_url,
                 token = o.token,
                 linger = o.linger,
+                mqtt_extra = o.mqtt_extra,
                 uplink_extra = o.uplink_extra,
                 extra = o.extra,
                 http = o
@@ -457,14 +463,34 @@ listen = "127.0.0.1:{admin_port}"
                     .unwrap_or_default(),
             ),
         )?;
-        let mut gw = Gateway {
+        Ok(Gateway {
             config,
             admin_port,
             proc: None,
             log: dir.join("gateway.log"),
-        };
+        })
+    }
+
+    /// Writes the config and starts the gateway, waiting until it is ready.
+    pub fn start(dir: &Path, o: &GatewayOpts) -> Result<Gateway> {
+        let mut gw = Gateway::configure(dir, o)?;
         gw.up()?;
         Ok(gw)
+    }
+
+    /// Starts the process without waiting for readiness (for failure tests).
+    pub fn spawn(&mut self) -> Result<()> {
+        let proc = Proc::spawn(
+            "gateway",
+            Command::new(bin("outpost-gateway"))
+                .arg("run")
+                .arg("--config")
+                .arg(&self.config)
+                .env("RUST_LOG", "info"),
+            self.log.clone(),
+        )?;
+        self.proc = Some(proc);
+        Ok(())
     }
 
     /// A stopped gateway for an existing `gateway.toml` in `dir` (start it with [`Gateway::up`]).
@@ -488,16 +514,7 @@ listen = "127.0.0.1:{admin_port}"
 
     /// Starts (or restarts) the process and waits until it is connected to MQTT.
     pub fn up(&mut self) -> Result<()> {
-        let proc = Proc::spawn(
-            "gateway",
-            Command::new(bin("outpost-gateway"))
-                .arg("run")
-                .arg("--config")
-                .arg(&self.config)
-                .env("RUST_LOG", "info"),
-            self.log.clone(),
-        )?;
-        self.proc = Some(proc);
+        self.spawn()?;
         let url = format!("http://127.0.0.1:{}/ready", self.admin_port);
         let res = wait_for(Duration::from_secs(20), "the gateway to be ready", || {
             reqwest::blocking_get_ok(&url).then_some(())
