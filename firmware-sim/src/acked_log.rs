@@ -1,7 +1,7 @@
 //! The acked log and the delivery accounting behind the summary.
 //!
-//! The acked log holds one line per reading of every message the broker ACKED
-//! (PUBACK received), no header:
+//! The acked log holds one line per reading of every message the peer ACKED
+//! (MQTT PUBACK received, or HTTP 202), no header:
 //!
 //! ```text
 //! device,channel,ts_ns,value
@@ -10,7 +10,7 @@
 //!
 //! `ts_ns` is Unix nanoseconds exactly as a SenML decoder reads the message;
 //! `value` uses Rust's shortest round-trip float formatting (parse it as f64).
-//! Lines appear in PUBACK order. The file is flushed every second and at the end.
+//! Lines appear in ack order. The file is flushed every second and at the end.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -95,6 +95,7 @@ pub struct DeliveryStats {
     pub sent: u64,
     pub acked: u64,
     pub lost: u64,
+    pub rejected: u64,
     pub readings_acked: u64,
     pub latencies: Vec<Duration>,
 }
@@ -150,6 +151,7 @@ pub async fn consume(
                 }
             }
             Delivery::Lost { .. } => stats.lost += 1,
+            Delivery::Rejected { .. } => stats.rejected += 1,
         }
     }
     if let Some(l) = log.as_mut()

@@ -5,14 +5,15 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use protocol::Timestamp;
 use rumqttc::QoS;
 
 use crate::bench::BenchConfig;
 use crate::fleet::FleetConfig;
+use crate::publish::http::HttpConfig;
 use crate::publish::mqtt::MqttConfig;
-use crate::run::{RunConfig, StopAfter};
+use crate::run::{RunConfig, StopAfter, TransportConfig};
 use crate::signal::Channel;
 
 #[derive(Debug, Parser)]
@@ -28,7 +29,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Simulate a fleet of pumps and publish their readings over MQTT.
+    /// Simulate a fleet of pumps and publish their readings (MQTT or HTTP).
     Run(Box<RunArgs>),
     /// Measure the raw broker → bare subscriber rate (the benchmark baseline).
     BenchBroker(BenchArgs),
@@ -37,6 +38,16 @@ pub enum Command {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("stop").required(true).args(["duration", "count"])))]
 pub struct RunArgs {
+    /// How readings leave: MQTT to --broker, or HTTP POSTs to --target.
+    #[arg(long, value_enum, default_value_t = Protocol::Mqtt)]
+    pub protocol: Protocol,
+    /// With --protocol http: the gateway's base URL (e.g. http://127.0.0.1:8081);
+    /// messages go to {target}/v1/readings.
+    #[arg(long, value_name = "URL")]
+    pub target: Option<String>,
+    /// With --protocol http: bearer token for the gateway's HTTP source.
+    #[arg(long, env = "OUTPOST_SIM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// MQTT broker as HOST:PORT.
     #[arg(long, env = "OUTPOST_SIM_BROKER", default_value = "127.0.0.1:1883")]
     pub broker: String,
@@ -85,7 +96,7 @@ pub struct RunArgs {
     /// MQTT password.
     #[arg(long, env = "OUTPOST_SIM_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
-    /// Most messages published and not yet acked.
+    /// Most messages published and not yet acked (HTTP: requests in flight).
     #[arg(long, default_value_t = 100)]
     pub max_inflight: u16,
     /// Simulated time of the first reading: RFC 3339 (2025-01-01T00:00:00Z) or "now".
@@ -95,10 +106,12 @@ pub struct RunArgs {
     /// ×5 with --single; 1s when the rate is unlimited).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub sim_step: Option<Duration>,
-    /// Give up when the broker cannot be reached for this long.
+    /// Give up when the broker cannot be reached for this long. HTTP: how long
+    /// one message is retried (connection errors, 503) before it counts as lost;
+    /// the run fails if the target could not be connected to in that time.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
-    /// After the last publish, wait at most this long for PUBACKs.
+    /// After the last publish, wait at most this long for PUBACKs (HTTP: 202s).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
     /// MQTT keep-alive.
@@ -110,6 +123,13 @@ pub struct RunArgs {
     /// Never show a progress bar (it is shown only when stderr is a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// `--protocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    Mqtt,
+    Http,
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +181,35 @@ fn parse_broker(s: &str, problems: &mut Vec<String>) -> (String, u16) {
     }
 }
 
+/// `--target`: an http(s) base URL without query or fragment; returned
+/// without a trailing `/`.
+fn parse_target(target: Option<&str>, problems: &mut Vec<String>) -> String {
+    let Some(s) = target else {
+        problems.push("--target: required with --protocol http".into());
+        return String::new();
+    };
+    match reqwest::Url::parse(s) {
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https")
+                && u.host().is_some()
+                && u.query().is_none()
+                && u.fragment().is_none() =>
+        {
+            s.trim_end_matches('/').to_owned()
+        }
+        Ok(_) => {
+            problems.push(format!(
+                "--target {s:?}: must be an http:// or https:// base URL without query or fragment"
+            ));
+            String::new()
+        }
+        Err(e) => {
+            problems.push(format!("--target {s:?}: {e}"));
+            String::new()
+        }
+    }
+}
+
 fn parse_qos(q: u8, problems: &mut Vec<String>) -> QoS {
     match q {
         0 => QoS::AtMostOnce,
@@ -205,8 +254,22 @@ impl RunArgs {
         stderr_is_terminal: bool,
     ) -> Result<(RunConfig, Option<PathBuf>), ConfigError> {
         let mut p = Vec::new();
-        let (host, port) = parse_broker(&self.broker, &mut p);
+        let (host, port) = match self.protocol {
+            Protocol::Mqtt => parse_broker(&self.broker, &mut p),
+            Protocol::Http => (String::new(), 0),
+        };
         let qos = parse_qos(self.qos, &mut p);
+        let target = match self.protocol {
+            Protocol::Http => parse_target(self.target.as_deref(), &mut p),
+            Protocol::Mqtt => String::new(),
+        };
+        // Not --token: it may come from the environment.
+        if self.protocol == Protocol::Mqtt && self.target.is_some() {
+            p.push("--target: only with --protocol http".into());
+        }
+        if self.protocol == Protocol::Http && self.username.is_some() {
+            p.push("--username: only with --protocol mqtt (use --token)".into());
+        }
         if self.devices == 0 {
             p.push("--devices: must be at least 1".into());
         }
@@ -286,19 +349,27 @@ impl RunArgs {
                 anomaly_rate: self.anomaly_rate,
                 device_prefix: self.device_prefix,
             },
-            mqtt: MqttConfig {
-                host,
-                port,
-                client_id: self
-                    .client_id
-                    .unwrap_or_else(|| format!("outpost-sim-{}", std::process::id())),
-                credentials: self
-                    .username
-                    .map(|u| (u, self.password.unwrap_or_default())),
-                qos,
-                max_inflight: self.max_inflight,
-                connect_timeout: self.connect_timeout,
-                keep_alive: self.keep_alive,
+            transport: match self.protocol {
+                Protocol::Mqtt => TransportConfig::Mqtt(MqttConfig {
+                    host,
+                    port,
+                    client_id: self
+                        .client_id
+                        .unwrap_or_else(|| format!("outpost-sim-{}", std::process::id())),
+                    credentials: self
+                        .username
+                        .map(|u| (u, self.password.unwrap_or_default())),
+                    qos,
+                    max_inflight: self.max_inflight,
+                    connect_timeout: self.connect_timeout,
+                    keep_alive: self.keep_alive,
+                }),
+                Protocol::Http => TransportConfig::Http(HttpConfig {
+                    target,
+                    token: self.token,
+                    max_inflight: self.max_inflight,
+                    retry_deadline: self.connect_timeout,
+                }),
             },
             rate: self.rate,
             stop,
@@ -411,5 +482,66 @@ mod tests {
             .into_config(false)
             .unwrap();
         assert_eq!(single.fleet.step_ns, 1_000_000_000);
+    }
+
+    #[test]
+    fn http_needs_a_target_url_and_takes_the_token_and_window() {
+        let e = parse(&["--count", "1", "--protocol", "http"])
+            .unwrap()
+            .into_config(false)
+            .unwrap_err();
+        assert!(e.to_string().contains("--target: required"), "{e}");
+        let e = parse(&[
+            "--count",
+            "1",
+            "--protocol",
+            "http",
+            "--target",
+            "ftp://gw:21",
+            "--username",
+            "u",
+        ])
+        .unwrap()
+        .into_config(false)
+        .unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+        let (cfg, _) = parse(&[
+            "--count",
+            "1",
+            "--protocol",
+            "http",
+            "--target",
+            "http://127.0.0.1:8081/",
+            "--token",
+            "t0k",
+            "--max-inflight",
+            "7",
+            "--connect-timeout",
+            "3s",
+        ])
+        .unwrap()
+        .into_config(false)
+        .unwrap();
+        let TransportConfig::Http(h) = cfg.transport else {
+            panic!("not http: {:?}", cfg.transport)
+        };
+        assert_eq!(h.readings_url(), "http://127.0.0.1:8081/v1/readings");
+        assert_eq!(
+            (h.token.as_deref(), h.max_inflight, h.retry_deadline),
+            (Some("t0k"), 7, Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn a_target_is_refused_with_mqtt() {
+        let e = parse(&["--count", "1", "--target", "http://gw:8081"])
+            .unwrap()
+            .into_config(false)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--target: only with --protocol http"),
+            "{e}"
+        );
     }
 }

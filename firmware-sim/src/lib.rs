@@ -5,7 +5,7 @@
 //! - [`anomaly`] — injected anomalies (spike, drift, stuck, step, noise burst) and when they start.
 //! - [`fleet`] — N devices stepped round-robin in simulated time; deterministic per seed.
 //! - [`ground_truth`] — the CSV log of injected anomalies.
-//! - [`publish`] — the `Transport` trait and its MQTT implementation with PUBACK tracking.
+//! - [`publish`] — the `Transport` trait: MQTT with PUBACK tracking, HTTP acked on 202.
 //! - [`acked_log`] — delivery accounting and the log of every acked reading.
 //! - [`pacing`] — token-bucket rate limiting.
 //! - [`stats`] — latency percentiles and the run summary.

@@ -22,6 +22,7 @@ use crate::acked_log::{AckedLog, AckedLogError, LiveCounters, consume};
 use crate::fleet::{Fleet, FleetConfig, FleetError};
 use crate::ground_truth::{GroundTruthError, GroundTruthWriter};
 use crate::pacing::TokenBucket;
+use crate::publish::http::{HttpConfig, HttpTransport};
 use crate::publish::mqtt::{MqttConfig, MqttTransport};
 use crate::publish::{CloseReport, OutMessage, Transport, TransportError};
 use crate::signal::Channel;
@@ -35,11 +36,43 @@ pub enum StopAfter {
     Count(u64),
 }
 
+/// How messages leave, and where to.
+#[derive(Clone, Debug)]
+pub enum TransportConfig {
+    Mqtt(MqttConfig),
+    Http(HttpConfig),
+}
+
+impl TransportConfig {
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            TransportConfig::Mqtt(_) => "mqtt",
+            TransportConfig::Http(_) => "http",
+        }
+    }
+
+    /// The broker (`HOST:PORT`) or the URL posted to.
+    pub fn peer(&self) -> String {
+        match self {
+            TransportConfig::Mqtt(m) => m.broker(),
+            TransportConfig::Http(h) => h.readings_url(),
+        }
+    }
+
+    /// The MQTT QoS; `None` for HTTP.
+    pub fn qos(&self) -> Option<u8> {
+        match self {
+            TransportConfig::Mqtt(m) => Some(qos_number(m.qos)),
+            TransportConfig::Http(_) => None,
+        }
+    }
+}
+
 /// Everything `run` needs, already validated.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub fleet: FleetConfig,
-    pub mqtt: MqttConfig,
+    pub transport: TransportConfig,
     /// Messages per second across the fleet; 0 means as fast as the window allows.
     pub rate: f64,
     pub stop: StopAfter,
@@ -139,6 +172,17 @@ impl Progress {
     }
 }
 
+/// What the publish loop did.
+struct Published {
+    started: Instant,
+    messages: u64,
+    readings: u64,
+    sim_start: Option<i64>,
+    sim_end: i64,
+    report: CloseReport,
+    error: Option<RunError>,
+}
+
 async fn run_inner(cfg: RunConfig) -> Result<(RunSummary, Option<RunError>), RunError> {
     let mut fleet = Fleet::try_new(cfg.fleet.clone())?;
     let mut ground_truth = cfg
@@ -153,8 +197,75 @@ async fn run_inner(cfg: RunConfig) -> Result<(RunSummary, Option<RunError>), Run
     let (tx, rx) = mpsc::channel(4096);
     let live = Arc::new(LiveCounters::default());
     let consumer = tokio::spawn(consume(rx, acked_log, live.clone()));
-    let mut transport = MqttTransport::connect(cfg.mqtt.clone(), tx).await?;
+    let out = match &cfg.transport {
+        TransportConfig::Mqtt(m) => {
+            let transport = MqttTransport::connect(m.clone(), tx).await?;
+            publish(transport, &cfg, &mut fleet, &mut ground_truth, &live).await
+        }
+        TransportConfig::Http(h) => {
+            let transport = HttpTransport::new(h.clone(), tx)?;
+            publish(transport, &cfg, &mut fleet, &mut ground_truth, &live).await
+        }
+    };
+    let Published {
+        started,
+        messages: published,
+        readings: readings_published,
+        sim_start,
+        sim_end,
+        report,
+        error: loop_error,
+    } = out;
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut stats = match consumer.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(e.into()),
+        Err(e) => return Err(RunError::Accounting(e.to_string())),
+    };
+    let at_most_once =
+        matches!(&cfg.transport, TransportConfig::Mqtt(m) if m.qos == QoS::AtMostOnce);
+    let summary = RunSummary {
+        protocol: cfg.transport.protocol(),
+        broker: cfg.transport.peer(),
+        qos: cfg.transport.qos(),
+        mode: if cfg.single { "single" } else { "pack" },
+        devices: cfg.fleet.devices,
+        channels_per_device: Channel::ALL.len(),
+        seed: cfg.fleet.seed,
+        messages_published: published,
+        messages_sent: stats.sent,
+        messages_acked: stats.acked,
+        messages_lost: stats.lost,
+        messages_rejected: stats.rejected,
+        messages_unconfirmed: if at_most_once {
+            // Nothing is ever confirmed at QoS 0: count what was never written.
+            published.saturating_sub(stats.sent)
+        } else {
+            published.saturating_sub(stats.acked + stats.lost + stats.rejected)
+        },
+        readings_published,
+        readings_acked: stats.readings_acked,
+        anomalies_injected: fleet.anomalies_started(),
+        reconnects: report.reconnects,
+        elapsed_s: elapsed,
+        target_rate_msgs_per_s: cfg.rate,
+        achieved_rate_msgs_per_s: stats.sent as f64 / elapsed.max(1e-9),
+        acked_rate_msgs_per_s: stats.acked as f64 / elapsed.max(1e-9),
+        latency: LatencySummary::from_samples(&mut stats.latencies),
+        sim_start_ns: sim_start.unwrap_or(cfg.fleet.start.0),
+        sim_end_ns: sim_end,
+    };
+    Ok((summary, loop_error))
+}
 
+/// The publish loop over any transport, then its drain.
+async fn publish<T: Transport>(
+    mut transport: T,
+    cfg: &RunConfig,
+    fleet: &mut Fleet,
+    ground_truth: &mut Option<GroundTruthWriter>,
+    live: &LiveCounters,
+) -> Published {
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupted.clone();
@@ -164,7 +275,6 @@ async fn run_inner(cfg: RunConfig) -> Result<(RunSummary, Option<RunError>), Run
             }
         });
     }
-
     let started = Instant::now();
     let mut bucket = (cfg.rate > 0.0).then(|| TokenBucket::new(cfg.rate, started));
     let mut progress = Progress::new(cfg.progress, cfg.stop);
@@ -248,7 +358,7 @@ async fn run_inner(cfg: RunConfig) -> Result<(RunSummary, Option<RunError>), Run
         }
         published += 1;
         readings_published += n;
-        progress.update(cfg.stop, published, started, &live);
+        progress.update(cfg.stop, published, started, live);
     }
     progress.finish();
     if let Some(gt) = ground_truth.as_mut()
@@ -269,40 +379,13 @@ async fn run_inner(cfg: RunConfig) -> Result<(RunSummary, Option<RunError>), Run
             CloseReport::default()
         }
     };
-    let elapsed = started.elapsed().as_secs_f64();
-    let mut stats = match consumer.await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(e.into()),
-        Err(e) => return Err(RunError::Accounting(e.to_string())),
-    };
-    let summary = RunSummary {
-        broker: cfg.mqtt.broker(),
-        qos: qos_number(cfg.mqtt.qos),
-        mode: if cfg.single { "single" } else { "pack" },
-        devices: cfg.fleet.devices,
-        channels_per_device: Channel::ALL.len(),
-        seed: cfg.fleet.seed,
-        messages_published: published,
-        messages_sent: stats.sent,
-        messages_acked: stats.acked,
-        messages_lost: stats.lost,
-        messages_unconfirmed: if cfg.mqtt.qos == QoS::AtMostOnce {
-            // Nothing is ever confirmed at QoS 0: count what was never written.
-            published.saturating_sub(stats.sent)
-        } else {
-            published.saturating_sub(stats.acked + stats.lost)
-        },
-        readings_published,
-        readings_acked: stats.readings_acked,
-        anomalies_injected: fleet.anomalies_started(),
-        reconnects: report.reconnects,
-        elapsed_s: elapsed,
-        target_rate_msgs_per_s: cfg.rate,
-        achieved_rate_msgs_per_s: stats.sent as f64 / elapsed.max(1e-9),
-        acked_rate_msgs_per_s: stats.acked as f64 / elapsed.max(1e-9),
-        latency: LatencySummary::from_samples(&mut stats.latencies),
-        sim_start_ns: sim_start.unwrap_or(cfg.fleet.start.0),
-        sim_end_ns: sim_end,
-    };
-    Ok((summary, loop_error))
+    Published {
+        started,
+        messages: published,
+        readings: readings_published,
+        sim_start,
+        sim_end,
+        report,
+        error: loop_error,
+    }
 }

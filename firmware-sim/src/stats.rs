@@ -38,8 +38,12 @@ impl LatencySummary {
 /// The summary of one `run`, printed and written as JSON (`--summary-json`).
 #[derive(Clone, Debug, Serialize)]
 pub struct RunSummary {
+    /// `mqtt` or `http`.
+    pub protocol: &'static str,
+    /// The MQTT broker (`HOST:PORT`), or the URL posted to (HTTP).
     pub broker: String,
-    pub qos: u8,
+    /// The MQTT QoS; `null` for HTTP.
+    pub qos: Option<u8>,
     /// `pack` (one SenML pack per device per tick) or `single` (one reading per message).
     pub mode: &'static str,
     pub devices: usize,
@@ -49,10 +53,13 @@ pub struct RunSummary {
     pub messages_published: u64,
     /// Messages written to the network at least once.
     pub messages_sent: u64,
-    /// Messages whose PUBACK arrived (always 0 at QoS 0: nothing is acked).
+    /// Messages whose PUBACK (HTTP: 202) arrived (always 0 at QoS 0: nothing is acked).
     pub messages_acked: u64,
-    /// Messages rumqttc dropped because the broker lost the session.
+    /// Messages given up: rumqttc dropped them because the broker lost the
+    /// session, or (HTTP) no 202 came before the retry deadline.
     pub messages_lost: u64,
+    /// Messages refused for good (HTTP 4xx other than 408/429), not retried.
+    pub messages_rejected: u64,
     /// Messages neither acked nor lost when the drain timed out.
     pub messages_unconfirmed: u64,
     pub readings_published: u64,
@@ -66,7 +73,7 @@ pub struct RunSummary {
     pub achieved_rate_msgs_per_s: f64,
     /// `messages_acked / elapsed_s`.
     pub acked_rate_msgs_per_s: f64,
-    /// Publish → PUBACK latency; `null` when nothing was acked.
+    /// Publish → PUBACK (HTTP: hand-over → 202) latency; `null` when nothing was acked.
     pub latency: Option<LatencySummary>,
     /// Simulated time of the first and last reading generated (Unix ns).
     pub sim_start_ns: i64,
@@ -75,14 +82,16 @@ pub struct RunSummary {
 
 impl RunSummary {
     pub fn human(&self) -> String {
+        let peer = match self.qos {
+            Some(q) => format!("broker {} qos {q}", self.broker),
+            None => format!("{} {}", self.protocol, self.broker),
+        };
         let mut s = format!(
-            "broker {} qos {} mode {} devices {} seed {}\n\
-             messages: published {} sent {} acked {} lost {} unconfirmed {}\n\
+            "{peer} mode {} devices {} seed {}\n\
+             messages: published {} sent {} acked {} lost {} rejected {} unconfirmed {}\n\
              readings: published {} acked {}\n\
              anomalies injected: {}  reconnects: {}\n\
              elapsed {:.3} s  rate: target {} achieved {:.1} msg/s  acked {:.1} msg/s\n",
-            self.broker,
-            self.qos,
             self.mode,
             self.devices,
             self.seed,
@@ -90,6 +99,7 @@ impl RunSummary {
             self.messages_sent,
             self.messages_acked,
             self.messages_lost,
+            self.messages_rejected,
             self.messages_unconfirmed,
             self.readings_published,
             self.readings_acked,
@@ -104,12 +114,17 @@ impl RunSummary {
             self.achieved_rate_msgs_per_s,
             self.acked_rate_msgs_per_s,
         );
+        let what = if self.qos.is_some() {
+            "publish→PUBACK"
+        } else {
+            "send→202"
+        };
         match &self.latency {
             Some(l) => s.push_str(&format!(
-                "publish→PUBACK latency ms: p50 {:.3} p90 {:.3} p99 {:.3} max {:.3} (n={})\n",
+                "{what} latency ms: p50 {:.3} p90 {:.3} p99 {:.3} max {:.3} (n={})\n",
                 l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms, l.count
             )),
-            None => s.push_str("publish→PUBACK latency: none (nothing acked)\n"),
+            None => s.push_str(&format!("{what} latency: none (nothing acked)\n")),
         }
         s
     }

@@ -7,6 +7,7 @@
 //! - [`envelope`] — what a source hands to ingest, and the commit result it gets back.
 //! - [`ingest`] — the single ingest task: quarantine rejects, append, group-commit, release acks.
 //! - [`outbox`] — the sled-backed durable outbox (sequence-ordered) and quarantine.
+//! - [`analysis`] — device frames and sliding windows for edge analytics (plain structs; not wired in yet).
 //! - [`uplink`] — batches from the outbox to the sink over HTTP(S); delete after 2xx.
 //! - [`backoff`] — exponential backoff with jitter (plain struct).
 //! - [`service`] — systemd: READY / STOPPING / WATCHDOG notifications.
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod analysis;
 pub mod backoff;
 pub mod broker;
 pub mod config;

@@ -25,7 +25,10 @@
 //!   `(gateway, epoch, seq)` keys the sink already holds.
 //!
 //! A separate tree `quarantine` keeps rejected payloads with a reason code,
-//! capped in bytes (oldest dropped first: quarantine is diagnostic data).
+//! capped in bytes (oldest dropped first: quarantine is diagnostic data),
+//! under increasing ids (u64 BE). `m:quarantine_next` in the `outbox` tree,
+//! written by a purge, keeps ids from being reused after the newest entries
+//! were purged.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -42,6 +45,9 @@ use crate::config::{StorageConfig, WhenFull};
 const RECORD_PREFIX: u8 = b'r';
 const NEXT_SEQ_KEY: &[u8] = b"m:next_seq";
 const EPOCH_KEY: &[u8] = b"m:epoch";
+/// The next quarantine id, stored by a purge (which may delete the newest
+/// entries) so that ids are not reused after it.
+const QUARANTINE_NEXT_KEY: &[u8] = b"m:quarantine_next";
 /// Bytes counted against the cap per record besides its CBOR (its length
 /// prefix and a share of its segment's key and header).
 const RECORD_OVERHEAD: u64 = 8;
@@ -54,6 +60,9 @@ const SEGMENT_MAX_BYTES: usize = 64 * 1024;
 pub enum OutboxError {
     #[error("storage: {0}")]
     Storage(#[from] sled::Error),
+    /// Another process (normally the running gateway) holds the database lock.
+    #[error("{path} is locked by another process")]
+    Locked { path: std::path::PathBuf },
     #[error("outbox is full ({used} of {cap} bytes used, {needed} more needed)")]
     Full { used: u64, cap: u64, needed: u64 },
     #[error("a batch of {needed} bytes can never fit in an outbox of {cap} bytes")]
@@ -97,6 +106,34 @@ pub struct QuarantineEntry {
     pub payload: Vec<u8>,
     /// The payload's full length.
     pub payload_len: usize,
+}
+
+/// Which quarantine entries a listing or a purge covers; every field that is
+/// set must match (the default matches everything).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QuarantineFilter {
+    /// Only entries with this reason code.
+    pub reason: Option<String>,
+    /// Only entries received strictly before this instant.
+    pub before: Option<Timestamp>,
+}
+
+impl QuarantineFilter {
+    pub fn matches(&self, entry: &QuarantineEntry) -> bool {
+        self.reason.as_ref().is_none_or(|r| *r == entry.reason)
+            && self.before.is_none_or(|b| entry.received < b)
+    }
+}
+
+fn quarantine_decode(key: &[u8], value: &[u8]) -> Result<(u64, QuarantineEntry), OutboxError> {
+    let id = <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .unwrap_or(0);
+    let entry = ciborium::from_reader(value).map_err(|e| OutboxError::Corrupt {
+        seq: id,
+        detail: e.to_string(),
+    })?;
+    Ok((id, entry))
 }
 
 /// The outbox. Cheap to share behind an `Arc`; methods are blocking (sled I/O),
@@ -189,7 +226,20 @@ impl Outbox {
             // We decide when to fsync (group commit); no background flusher.
             .flush_every_ms(None)
             .mode(sled::Mode::LowSpace)
-            .open()?;
+            .open()
+            .map_err(|e| match e {
+                // sled 0.34 reports a held flock only as an `Other` I/O error
+                // with this text (config.rs `try_lock`).
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::Other
+                        && io.to_string().contains("could not acquire lock") =>
+                {
+                    OutboxError::Locked {
+                        path: path.to_owned(),
+                    }
+                }
+                e => OutboxError::Storage(e),
+            })?;
         let tree = db.open_tree("outbox")?;
         let quarantine = db.open_tree("quarantine")?;
         let mut c = Counters::default();
@@ -227,6 +277,11 @@ impl Outbox {
             if let Ok(id) = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes) {
                 c.quarantine_next = c.quarantine_next.max(id + 1);
             }
+        }
+        if let Some(v) = tree.get(QUARANTINE_NEXT_KEY)?
+            && let Ok(b) = <[u8; 8]>::try_from(v.as_ref())
+        {
+            c.quarantine_next = c.quarantine_next.max(u64::from_be_bytes(b));
         }
         Ok(Outbox {
             db,
@@ -522,20 +577,73 @@ impl Outbox {
         &self,
         limit: usize,
     ) -> Result<Vec<(u64, QuarantineEntry)>, OutboxError> {
+        self.quarantine_matching(&QuarantineFilter::default(), limit)
+    }
+
+    /// The newest `limit` quarantine entries that match `filter`, with their
+    /// ids, newest first.
+    pub fn quarantine_matching(
+        &self,
+        filter: &QuarantineFilter,
+        limit: usize,
+    ) -> Result<Vec<(u64, QuarantineEntry)>, OutboxError> {
         let mut out = Vec::new();
-        for kv in self.quarantine.iter().rev().take(limit) {
+        for kv in self.quarantine.iter().rev() {
+            if out.len() >= limit {
+                break;
+            }
             let (k, v) = kv?;
-            let id = <[u8; 8]>::try_from(k.as_ref())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
-            let entry: QuarantineEntry =
-                ciborium::from_reader(v.as_ref()).map_err(|e| OutboxError::Corrupt {
-                    seq: id,
-                    detail: e.to_string(),
-                })?;
-            out.push((id, entry));
+            let (id, entry) = quarantine_decode(&k, &v)?;
+            if filter.matches(&entry) {
+                out.push((id, entry));
+            }
         }
         Ok(out)
+    }
+
+    /// The quarantine entry `id`, if it is still there.
+    pub fn quarantine_get(&self, id: u64) -> Result<Option<QuarantineEntry>, OutboxError> {
+        match self.quarantine.get(id.to_be_bytes())? {
+            Some(v) => Ok(Some(quarantine_decode(&id.to_be_bytes(), &v)?.1)),
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes every quarantine entry that matches `filter` in one atomic
+    /// batch, makes the deletion durable, and returns how many went.
+    ///
+    /// An entry that does not decode cannot be checked against a filter: only
+    /// a purge without one deletes it.
+    pub fn quarantine_purge(&self, filter: &QuarantineFilter) -> Result<u64, OutboxError> {
+        // Held across scan and delete, as in `quarantine`: a concurrent insert
+        // dropping the oldest entries must not count them as freed twice.
+        let mut c = self.counters();
+        let mut batch = sled::Batch::default();
+        let (mut n, mut freed) = (0u64, 0u64);
+        for kv in self.quarantine.iter() {
+            let (k, v) = kv?;
+            let matched = match quarantine_decode(&k, &v) {
+                Ok((_, entry)) => filter.matches(&entry),
+                // Unreadable: only a purge of everything removes it.
+                Err(_) => *filter == QuarantineFilter::default(),
+            };
+            if matched {
+                freed += v.len() as u64;
+                n += 1;
+                batch.remove(k);
+            }
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        // Before the deletion: a crash in between leaves entries, not reused ids.
+        self.tree
+            .insert(QUARANTINE_NEXT_KEY, &c.quarantine_next.to_be_bytes())?;
+        self.quarantine.apply_batch(batch)?;
+        c.quarantine_bytes = c.quarantine_bytes.saturating_sub(freed);
+        drop(c);
+        self.flush()?;
+        Ok(n)
     }
 
     pub fn quarantine_bytes(&self) -> u64 {
@@ -836,5 +944,151 @@ mod tests {
         let list = ob.quarantine_list(3).unwrap();
         assert_eq!(list[0].1.detail, "entry 49");
         assert_eq!(list[0].1.payload, vec![b'x'; 100]);
+    }
+
+    fn entry(received: i64, reason: &str, payload: &[u8]) -> QuarantineEntry {
+        QuarantineEntry {
+            received: Timestamp(received),
+            origin: "test".into(),
+            reason: reason.into(),
+            detail: format!("{reason} at {received}"),
+            payload: payload.to_vec(),
+            payload_len: payload.len(),
+        }
+    }
+
+    /// The quarantine's byte count as a fresh open computes it.
+    fn reopened_quarantine_bytes(dir: &Path) -> u64 {
+        Outbox::open(dir, &cfg(1 << 20, WhenFull::Block))
+            .unwrap()
+            .quarantine_bytes()
+    }
+
+    #[test]
+    fn a_quarantine_entry_is_found_by_its_id_and_a_missing_id_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
+        ob.quarantine(&entry(1, "syntax", b"{oops")).unwrap();
+        ob.quarantine(&entry(2, "too_large", &[0xff, 0x00]))
+            .unwrap();
+        let ids: Vec<u64> = ob
+            .quarantine_list(10)
+            .unwrap()
+            .iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(ids.len(), 2);
+        for (id, want) in ob.quarantine_list(10).unwrap() {
+            assert_eq!(ob.quarantine_get(id).unwrap(), Some(want));
+        }
+        assert_eq!(ob.quarantine_get(ids[0] + 100).unwrap(), None);
+    }
+
+    #[test]
+    fn listing_filters_by_reason_and_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
+        for i in 0..6 {
+            let reason = if i % 2 == 0 { "syntax" } else { "too_large" };
+            ob.quarantine(&entry(i, reason, b"x")).unwrap();
+        }
+        let syntax = QuarantineFilter {
+            reason: Some("syntax".into()),
+            before: None,
+        };
+        let got: Vec<i64> = ob
+            .quarantine_matching(&syntax, 10)
+            .unwrap()
+            .iter()
+            .map(|(_, e)| e.received.0)
+            .collect();
+        assert_eq!(got, vec![4, 2, 0], "newest first, only syntax");
+        let early_syntax = QuarantineFilter {
+            before: Some(Timestamp(4)),
+            ..syntax
+        };
+        let got: Vec<i64> = ob
+            .quarantine_matching(&early_syntax, 1)
+            .unwrap()
+            .iter()
+            .map(|(_, e)| e.received.0)
+            .collect();
+        assert_eq!(got, vec![2], "before is strict; the limit counts matches");
+    }
+
+    #[test]
+    fn purging_by_reason_and_time_deletes_only_matches_and_keeps_the_byte_count_true() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
+        for i in 0..10 {
+            let reason = if i < 5 { "syntax" } else { "non_finite_value" };
+            ob.quarantine(&entry(i, reason, &vec![b'p'; 10 + i as usize]))
+                .unwrap();
+        }
+        ob.flush().unwrap();
+        let before = ob.quarantine_bytes();
+        let n = ob
+            .quarantine_purge(&QuarantineFilter {
+                reason: Some("syntax".into()),
+                before: Some(Timestamp(3)),
+            })
+            .unwrap();
+        assert_eq!(n, 3, "syntax entries received at 0, 1, 2");
+        assert!(ob.quarantine_bytes() < before);
+        let left: Vec<i64> = ob
+            .quarantine_list(100)
+            .unwrap()
+            .iter()
+            .map(|(_, e)| e.received.0)
+            .collect();
+        assert_eq!(left, (3..10).rev().collect::<Vec<_>>());
+        assert_eq!(
+            ob.quarantine_purge(&QuarantineFilter {
+                reason: Some("no_such_reason".into()),
+                before: None,
+            })
+            .unwrap(),
+            0
+        );
+        let bytes = ob.quarantine_bytes();
+        drop(ob);
+        assert_eq!(reopened_quarantine_bytes(dir.path()), bytes);
+    }
+
+    #[test]
+    fn purging_everything_empties_the_quarantine_durably_and_new_entries_still_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(1 << 20, WhenFull::Block);
+        c.max_quarantine_bytes = ByteSize::b(2_000);
+        {
+            let ob = Outbox::open(dir.path(), &c).unwrap();
+            for i in 0..50 {
+                ob.quarantine(&entry(i, "syntax", &[b'x'; 100])).unwrap();
+            }
+            let listed = ob.quarantine_list(usize::MAX).unwrap().len() as u64;
+            assert_eq!(
+                ob.quarantine_purge(&QuarantineFilter::default()).unwrap(),
+                listed
+            );
+            assert_eq!(ob.quarantine_bytes(), 0);
+            // No flush here: the purge made itself durable.
+        }
+        let ob = Outbox::open(dir.path(), &c).unwrap();
+        assert_eq!(ob.quarantine_bytes(), 0);
+        assert!(ob.quarantine_list(10).unwrap().is_empty());
+        ob.quarantine(&entry(99, "syntax", b"after")).unwrap();
+        let list = ob.quarantine_list(10).unwrap();
+        assert_eq!(list.len(), 1);
+        assert!(list[0].0 >= 50, "ids are not reused after a purge");
+    }
+
+    #[test]
+    fn a_second_open_of_a_locked_database_says_it_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
+        match Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)) {
+            Err(OutboxError::Locked { path }) => assert_eq!(path, dir.path()),
+            other => panic!("expected Locked, got {other:?}"),
+        }
     }
 }

@@ -2,12 +2,15 @@
 //!
 //! Every transport implements [`Transport`]: take a message (waiting while its
 //! window of unconfirmed messages is full), report what happened to it as
-//! [`Delivery`] events, and drain on close. MQTT is the first
-//! ([`mqtt::MqttTransport`]); CoAP, serial and HTTP can follow behind the same trait.
+//! [`Delivery`] events, and drain on close. MQTT ([`mqtt::MqttTransport`]) and
+//! HTTP ([`http::HttpTransport`]) implement it; CoAP and serial can follow
+//! behind the same trait.
 //!
 //! - [`tracker`] — the MQTT publish → PUBACK bookkeeping, a state machine without I/O.
 //! - [`mqtt`] — the rumqttc transport that drives it.
+//! - [`http`] — `POST /v1/readings` to the gateway; acked on 202, with retries.
 
+pub mod http;
 pub mod mqtt;
 pub mod tracker;
 
@@ -30,18 +33,21 @@ pub struct OutMessage {
 }
 
 /// What became of a message. Every message handed over gets at most one `Sent`
-/// and then at most one of `Acked` / `Lost`.
+/// and then at most one of `Acked` / `Lost` / `Rejected`.
 #[derive(Debug)]
 pub enum Delivery {
     /// First written towards the peer (retransmissions are not reported).
     Sent { id: u64 },
-    /// The peer confirmed it (MQTT PUBACK). Only now does it count as delivered.
+    /// The peer confirmed it (MQTT PUBACK, HTTP 202). Only now does it count as delivered.
     Acked {
         message: OutMessage,
         latency: Duration,
     },
-    /// The transport gave up on it (for example the broker lost the session).
+    /// The transport gave up on it (for example the broker lost the session,
+    /// or an HTTP retry deadline passed).
     Lost { id: u64 },
+    /// The peer refused it for good (an HTTP 4xx other than 408/429); not retried.
+    Rejected { id: u64, status: u16 },
 }
 
 /// Why a transport failed.
