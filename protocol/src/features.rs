@@ -188,9 +188,11 @@ pub struct FeatureSpec {
     pub raw: bool,
 }
 
-/// One thing wrong with a [`FeatureSpec`] (or with it for a window length).
+/// One thing wrong with a list of channel names. Shared by every spec that
+/// names a device's channels (features here, frames on the gateway), so they
+/// all accept and refuse the same lists.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SpecProblem {
+pub enum ChannelListProblem {
     #[error("`channels` is empty")]
     NoChannels,
     #[error("`channels` has {count} entries, limit is {limit}")]
@@ -205,6 +207,43 @@ pub enum SpecProblem {
     },
     #[error("`channels` names `{name}` twice")]
     DuplicateChannel { name: String },
+}
+
+/// Every problem of a channel list: empty, too long, empty or too-long names, duplicates.
+pub fn channel_list_problems(channels: &[String]) -> Vec<ChannelListProblem> {
+    let mut problems = Vec::new();
+    if channels.is_empty() {
+        problems.push(ChannelListProblem::NoChannels);
+    }
+    if channels.len() > MAX_CHANNELS {
+        problems.push(ChannelListProblem::TooManyChannels {
+            count: channels.len(),
+            limit: MAX_CHANNELS,
+        });
+    }
+    let mut seen = HashSet::new();
+    for (index, name) in channels.iter().enumerate() {
+        if name.is_empty() {
+            problems.push(ChannelListProblem::EmptyChannelName { index });
+        } else if name.len() > MAX_NAME_LEN {
+            problems.push(ChannelListProblem::ChannelNameTooLong {
+                index,
+                len: name.len(),
+                limit: MAX_NAME_LEN,
+            });
+        }
+        if !seen.insert(name.as_str()) {
+            problems.push(ChannelListProblem::DuplicateChannel { name: name.clone() });
+        }
+    }
+    problems
+}
+
+/// One thing wrong with a [`FeatureSpec`] (or with it for a window length).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecProblem {
+    #[error(transparent)]
+    Channels(#[from] ChannelListProblem),
     #[error("`stats` names `{stat}` twice")]
     DuplicateStat { stat: Stat },
     #[error("`bands.channels` is empty")]
@@ -310,31 +349,10 @@ impl FeatureSpec {
     }
 
     fn problems(&self) -> Vec<SpecProblem> {
-        let mut problems = Vec::new();
-        if self.channels.is_empty() {
-            problems.push(SpecProblem::NoChannels);
-        }
-        if self.channels.len() > MAX_CHANNELS {
-            problems.push(SpecProblem::TooManyChannels {
-                count: self.channels.len(),
-                limit: MAX_CHANNELS,
-            });
-        }
-        let mut seen = HashSet::new();
-        for (index, name) in self.channels.iter().enumerate() {
-            if name.is_empty() {
-                problems.push(SpecProblem::EmptyChannelName { index });
-            } else if name.len() > MAX_NAME_LEN {
-                problems.push(SpecProblem::ChannelNameTooLong {
-                    index,
-                    len: name.len(),
-                    limit: MAX_NAME_LEN,
-                });
-            }
-            if !seen.insert(name.as_str()) {
-                problems.push(SpecProblem::DuplicateChannel { name: name.clone() });
-            }
-        }
+        let mut problems: Vec<SpecProblem> = channel_list_problems(&self.channels)
+            .into_iter()
+            .map(SpecProblem::from)
+            .collect();
         let mut seen_stats = HashSet::new();
         for &stat in &self.stats {
             if !seen_stats.insert(stat) {
@@ -1164,8 +1182,8 @@ mod tests {
         assert_eq!(
             problems(spec.validate()),
             vec![
-                SpecProblem::DuplicateChannel { name: "a".into() },
-                SpecProblem::EmptyChannelName { index: 2 },
+                ChannelListProblem::DuplicateChannel { name: "a".into() }.into(),
+                ChannelListProblem::EmptyChannelName { index: 2 }.into(),
                 SpecProblem::DuplicateStat { stat: Stat::Mean },
                 SpecProblem::UnknownBandChannel { name: "zzz".into() },
                 SpecProblem::DuplicateBandChannel { name: "a".into() },
@@ -1192,7 +1210,10 @@ mod tests {
         };
         assert_eq!(
             problems(empty.validate()),
-            vec![SpecProblem::NoChannels, SpecProblem::NoFeatures]
+            vec![
+                ChannelListProblem::NoChannels.into(),
+                SpecProblem::NoFeatures
+            ]
         );
         let no_band_channels = FeatureSpec {
             bands: Some(BandSpec {

@@ -42,11 +42,10 @@
 //! ([`MAX_REORDER_FRAMES`], [`MAX_HOLD_FRAMES`]), so the frames one reading
 //! can finalize are bounded too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
-use protocol::features::MAX_CHANNELS;
-use protocol::reading::MAX_NAME_LEN;
+use protocol::features::{ChannelListProblem, channel_list_problems};
 use protocol::{Reading, Timestamp};
 
 use super::{AnalysisError, ceil_div, nanos};
@@ -77,20 +76,8 @@ pub struct FrameSpec {
 /// One thing wrong with a [`FrameSpec`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameSpecProblem {
-    #[error("`channels` is empty")]
-    NoChannels,
-    #[error("`channels` has {count} entries, limit is {limit}")]
-    TooManyChannels { count: usize, limit: usize },
-    #[error("`channels[{index}]` is empty")]
-    EmptyChannelName { index: usize },
-    #[error("`channels[{index}]` is {len} bytes long, limit is {limit}")]
-    ChannelNameTooLong {
-        index: usize,
-        len: usize,
-        limit: usize,
-    },
-    #[error("`channels` names `{name}` twice")]
-    DuplicateChannel { name: String },
+    #[error(transparent)]
+    Channels(#[from] ChannelListProblem),
     #[error("`period` is zero")]
     ZeroPeriod,
     #[error("`{field}` is {value:?}, too long to count in nanoseconds")]
@@ -116,31 +103,10 @@ impl FrameSpec {
     }
 
     fn problems(&self) -> Vec<FrameSpecProblem> {
-        let mut problems = Vec::new();
-        if self.channels.is_empty() {
-            problems.push(FrameSpecProblem::NoChannels);
-        }
-        if self.channels.len() > MAX_CHANNELS {
-            problems.push(FrameSpecProblem::TooManyChannels {
-                count: self.channels.len(),
-                limit: MAX_CHANNELS,
-            });
-        }
-        let mut seen = HashSet::new();
-        for (index, name) in self.channels.iter().enumerate() {
-            if name.is_empty() {
-                problems.push(FrameSpecProblem::EmptyChannelName { index });
-            } else if name.len() > MAX_NAME_LEN {
-                problems.push(FrameSpecProblem::ChannelNameTooLong {
-                    index,
-                    len: name.len(),
-                    limit: MAX_NAME_LEN,
-                });
-            }
-            if !seen.insert(name.as_str()) {
-                problems.push(FrameSpecProblem::DuplicateChannel { name: name.clone() });
-            }
-        }
+        let mut problems: Vec<FrameSpecProblem> = channel_list_problems(&self.channels)
+            .into_iter()
+            .map(FrameSpecProblem::from)
+            .collect();
         for (field, value) in [
             ("period", self.period),
             ("hold", self.hold),
@@ -700,8 +666,8 @@ mod tests {
         assert_eq!(
             problems,
             [
-                FrameSpecProblem::EmptyChannelName { index: 1 },
-                FrameSpecProblem::DuplicateChannel { name: "a".into() },
+                ChannelListProblem::EmptyChannelName { index: 1 }.into(),
+                ChannelListProblem::DuplicateChannel { name: "a".into() }.into(),
                 FrameSpecProblem::DurationTooLong {
                     field: "hold",
                     value: Duration::from_secs(u64::MAX)
