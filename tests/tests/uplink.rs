@@ -1,5 +1,6 @@
 //! Uplink behaviour against the real sink: HTTPS with a private CA, and
 //! batch splitting when the sink answers 413.
+#![allow(clippy::unwrap_used)] // Helpers outside #[test] fns; a panic is a failed test.
 
 use std::time::Duration;
 
@@ -31,25 +32,28 @@ fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-#[test]
-fn the_uplink_speaks_https_to_a_sink_whose_certificate_it_trusts_via_ca_file() {
-    let dir = test_dir();
+/// A sink serving HTTPS with a self-signed certificate for `localhost`,
+/// made at test time; returns it and the certificate's PEM path.
+fn https_sink(dir: &std::path::Path) -> (Sink, std::path::PathBuf) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert_path, key_path) = (
-        dir.path().join("sink-cert.pem"),
-        dir.path().join("sink-key.pem"),
-    );
+    let (cert_path, key_path) = (dir.join("sink-cert.pem"), dir.join("sink-key.pem"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-
-    let broker = Mosquitto::start(dir.path()).unwrap();
     let tls = format!(
         "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
         cert_path.display(),
         key_path.display()
     );
-    let mut sink = Sink::prepare_with(dir.path(), "gw-test", free_port(), &tls, true).unwrap();
+    let mut sink = Sink::prepare_with(dir, "gw-test", free_port(), &tls, true).unwrap();
     sink.up().unwrap();
+    (sink, cert_path)
+}
+
+#[test]
+fn the_uplink_speaks_https_to_a_sink_whose_certificate_it_trusts_via_ca_file() {
+    let dir = test_dir();
+    let (sink, cert_path) = https_sink(dir.path());
+    let broker = Mosquitto::start(dir.path()).unwrap();
     let mut opts = GatewayOpts::new(broker.port, &sink);
     assert!(opts.sink_url.starts_with("https://localhost:"));
     opts.uplink_extra = format!("ca_file = \"{}\"", cert_path.display());
@@ -69,21 +73,8 @@ fn the_uplink_speaks_https_to_a_sink_whose_certificate_it_trusts_via_ca_file() {
 #[test]
 fn a_gateway_that_does_not_trust_the_sink_certificate_sends_nothing_and_keeps_its_data() {
     let dir = test_dir();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert_path, key_path) = (
-        dir.path().join("sink-cert.pem"),
-        dir.path().join("sink-key.pem"),
-    );
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let (sink, _) = https_sink(dir.path());
     let broker = Mosquitto::start(dir.path()).unwrap();
-    let tls = format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert_path.display(),
-        key_path.display()
-    );
-    let mut sink = Sink::prepare_with(dir.path(), "gw-test", free_port(), &tls, true).unwrap();
-    sink.up().unwrap();
     let gw = Gateway::start(dir.path(), &GatewayOpts::new(broker.port, &sink)).unwrap();
 
     run_sim(dir.path(), &refs(&sim(broker.port, 100, 12))).unwrap();
