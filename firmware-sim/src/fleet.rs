@@ -239,10 +239,10 @@ impl Fleet {
             },
             &mut dev.anomaly_rng,
         );
-        if let Some(a) = new {
-            if let Some(i) = Channel::ALL.iter().position(|x| *x == a.channel) {
-                dev.active[i] = Some(a);
-            }
+        if let Some(a) = new
+            && let Some(i) = Channel::ALL.iter().position(|x| *x == a.channel)
+        {
+            dev.active[i] = Some(a);
         }
 
         let mut readings = Vec::with_capacity(Channel::ALL.len());

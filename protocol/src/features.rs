@@ -406,7 +406,7 @@ impl<'a> Window<'a> {
         if channels == 0 {
             return Err(FeatureError::NoChannels);
         }
-        if values.len() % channels != 0 {
+        if !values.len().is_multiple_of(channels) {
             return Err(FeatureError::Ragged {
                 len: values.len(),
                 channels,
@@ -643,14 +643,15 @@ impl FeatureExtractor {
                 limit: MAX_WINDOW_LEN,
             });
         }
-        if let Some(bands) = &spec.bands {
-            if window_len >= 2 && bands.count > window_len / 2 {
-                problems.push(SpecProblem::TooManyBands {
-                    count: bands.count,
-                    window_len,
-                    limit: window_len / 2,
-                });
-            }
+        if let Some(bands) = &spec.bands
+            && window_len >= 2
+            && bands.count > window_len / 2
+        {
+            problems.push(SpecProblem::TooManyBands {
+                count: bands.count,
+                window_len,
+                limit: window_len / 2,
+            });
         }
         if !problems.is_empty() {
             return Err(FeatureError::InvalidSpec { problems });

@@ -101,7 +101,7 @@ impl WindowSpec {
         let mut problems = Vec::new();
         let mut whole = |field, value: Duration| {
             let n = value.as_nanos();
-            if n % p != 0 {
+            if !n.is_multiple_of(p) {
                 problems.push(WindowSpecProblem::NotWholeFrames {
                     field,
                     value,
