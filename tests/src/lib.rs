@@ -757,3 +757,22 @@ impl Drop for TestDir {
         let _ = self.tmp.take();
     }
 }
+
+/// Waits up to `timeout` for every acked reading to reach the sink, then
+/// asserts that none is missing and none is stored twice; on failure the
+/// message carries the counts and the tail of the gateway's log.
+pub fn assert_exactly_once(
+    sink: &Sink,
+    acked: &HashSet<Identity>,
+    timeout: Duration,
+    gw: &Gateway,
+) -> Reconciliation {
+    let r = reconcile(sink, acked, timeout).expect("reading the sink's database");
+    assert_eq!(
+        (r.missing, r.duplicates),
+        (0, 0),
+        "acked but missing, or stored twice: {r:?}\n{}",
+        gw.log_tail(40)
+    );
+    r
+}

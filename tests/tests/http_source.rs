@@ -168,13 +168,7 @@ fn every_reading_that_got_a_202_is_in_the_sink_exactly_once_across_kill_9s() {
         log.connection_errors > 0,
         "the kills should have hit requests in flight"
     );
-    let r = reconcile(&sink, &log.acked, DRAIN).unwrap();
-    assert_eq!(
-        (r.missing, r.duplicates),
-        (0, 0),
-        "{r:?}\n{}",
-        gw.log_tail(40)
-    );
+    let r = outpost_tests::assert_exactly_once(&sink, &log.acked, DRAIN, &gw);
     assert_eq!(r.stored, r.acked, "nothing else was stored");
     assert_eq!(
         gw.terminate().unwrap(),

@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use outpost_tests::{
-    Gateway, GatewayOpts, Proc, Sink, free_port, reconcile, run_sim, test_dir, wait_for,
-};
+use outpost_tests::{Gateway, GatewayOpts, Proc, Sink, free_port, run_sim, test_dir, wait_for};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
 struct Pki {
@@ -134,13 +132,7 @@ fn the_gateway_reads_from_a_tls_broker_with_a_password_and_loses_nothing() {
     ];
     let acked = run_sim(dir.path(), &args).unwrap();
     assert_eq!(acked.len(), 500 * 5);
-    let r = reconcile(&sink, &acked, Duration::from_secs(60)).unwrap();
-    assert_eq!(
-        (r.missing, r.duplicates),
-        (0, 0),
-        "{r:?}\n{}",
-        gw.log_tail(30)
-    );
+    outpost_tests::assert_exactly_once(&sink, &acked, Duration::from_secs(60), &gw);
 }
 
 /// Starts the gateway and waits until its log shows `needle`; it must never

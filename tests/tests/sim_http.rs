@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use outpost_tests::{
-    Gateway, GatewayOpts, Mosquitto, Sink, free_port, read_acked, reconcile, run_sim, spawn_sim,
-    wait_for, wait_sim,
+    Gateway, GatewayOpts, Mosquitto, Sink, free_port, read_acked, run_sim, spawn_sim, wait_for,
+    wait_sim,
 };
 
 const DRAIN: Duration = Duration::from_secs(60);
@@ -80,13 +80,7 @@ fn every_reading_the_simulator_got_a_202_for_is_in_the_sink_exactly_once() {
     assert_eq!(s["messages_rejected"], 0, "{s:#}");
     assert_eq!(acked.len() as u64, s["readings_acked"].as_u64().unwrap());
 
-    let r = reconcile(&sink, &acked, DRAIN).unwrap();
-    assert_eq!(
-        (r.missing, r.duplicates),
-        (0, 0),
-        "{r:?}\n{}",
-        gw.log_tail(40)
-    );
+    let r = outpost_tests::assert_exactly_once(&sink, &acked, DRAIN, &gw);
     assert_eq!(r.stored, r.acked, "nothing else was stored");
     assert_eq!(gw.metric("outpost_gateway_messages_acked_total"), 300.0);
 
@@ -139,13 +133,7 @@ fn a_kill_9_of_the_gateway_mid_stream_loses_and_duplicates_nothing_the_simulator
         "every message got its 202 in the end: {s:#}"
     );
     let acked = read_acked(&acked_path).unwrap();
-    let r = reconcile(&sink, &acked, DRAIN).unwrap();
-    assert_eq!(
-        (r.missing, r.duplicates),
-        (0, 0),
-        "{r:?}\n{}",
-        gw.log_tail(40)
-    );
+    let r = outpost_tests::assert_exactly_once(&sink, &acked, DRAIN, &gw);
     assert_eq!(r.stored, r.acked, "nothing else was stored");
     assert_eq!(gw.terminate().unwrap(), Some(0));
 }

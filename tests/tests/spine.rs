@@ -46,13 +46,7 @@ fn every_reading_acked_by_mosquitto_arrives_in_the_sink_exactly_once() {
         2000 * 5,
         "the simulator should get a PUBACK for every message"
     );
-    let r = reconcile(&sink, &acked, DRAIN).unwrap();
-    assert_eq!(
-        (r.missing, r.duplicates),
-        (0, 0),
-        "{r:?}\n{}",
-        gw.log_tail(30)
-    );
+    let r = outpost_tests::assert_exactly_once(&sink, &acked, DRAIN, &gw);
     assert_eq!(r.stored, r.acked, "nothing else was stored");
 
     let m = gw.metrics().unwrap();
@@ -83,13 +77,7 @@ fn every_reading_acked_by_the_embedded_broker_arrives_in_the_sink_exactly_once()
     )
     .unwrap();
     assert_eq!(acked.len(), 2000 * 5);
-    let r = reconcile(&sink, &acked, DRAIN).unwrap();
-    assert_eq!(
-        (r.missing, r.duplicates),
-        (0, 0),
-        "{r:?}\n{}",
-        gw.log_tail(30)
-    );
+    outpost_tests::assert_exactly_once(&sink, &acked, DRAIN, &gw);
     assert_eq!(
         gw.metric("outpost_gateway_messages_acked_total"),
         2000.0,
@@ -159,13 +147,7 @@ fn a_sink_outage_is_drained_afterwards_without_loss_or_duplicates() {
     wait_sim(&mut sim, Duration::from_secs(120)).unwrap();
 
     let acked = outpost_tests::read_acked(&acked_log).unwrap();
-    let r = reconcile(&sink, &acked, DRAIN).unwrap();
-    assert_eq!(
-        (r.missing, r.duplicates),
-        (0, 0),
-        "{r:?}\n{}",
-        gw.log_tail(30)
-    );
+    outpost_tests::assert_exactly_once(&sink, &acked, DRAIN, &gw);
     wait_for(Duration::from_secs(20), "the outbox to drain", || {
         (gw.metric("outpost_gateway_outbox_records") == 0.0).then_some(())
     })
@@ -210,13 +192,7 @@ fn a_full_outbox_under_block_stops_acking_instead_of_losing_data() {
 
     // Sink up: the outbox drains, acking resumes, and nothing was lost.
     sink.up().unwrap();
-    let r = reconcile(&sink, &acked, Duration::from_secs(90)).unwrap();
-    assert_eq!(
-        (r.missing, r.duplicates),
-        (0, 0),
-        "{r:?}\n{}",
-        gw.log_tail(30)
-    );
+    outpost_tests::assert_exactly_once(&sink, &acked, Duration::from_secs(90), &gw);
     assert_eq!(
         gw.metric("outpost_gateway_messages_acked_total"),
         total_messages
@@ -364,13 +340,7 @@ fn a_broker_restart_mid_stream_is_survived_by_reconnecting_without_loss() {
         acked.len() > 1000,
         "the simulator should have delivered most of its messages"
     );
-    let r = reconcile(&sink, &acked, DRAIN).unwrap();
-    assert_eq!(
-        (r.missing, r.duplicates),
-        (0, 0),
-        "{r:?}\n{}",
-        gw.log_tail(30)
-    );
+    outpost_tests::assert_exactly_once(&sink, &acked, DRAIN, &gw);
     assert!(
         gw.metric("outpost_gateway_mqtt_connections_total") >= 2.0,
         "the gateway should have reconnected"

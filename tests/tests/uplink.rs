@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use outpost_tests::{
-    Gateway, GatewayOpts, Mosquitto, Sink, free_port, reconcile, run_sim, test_dir,
-};
+use outpost_tests::{Gateway, GatewayOpts, Mosquitto, Sink, free_port, run_sim, test_dir};
 
 fn sim(port: u16, count: u32, seed: u32) -> Vec<String> {
     [
@@ -60,13 +58,7 @@ fn the_uplink_speaks_https_to_a_sink_whose_certificate_it_trusts_via_ca_file() {
     let gw = Gateway::start(dir.path(), &opts).unwrap();
 
     let acked = run_sim(dir.path(), &refs(&sim(broker.port, 500, 11))).unwrap();
-    let r = reconcile(&sink, &acked, Duration::from_secs(60)).unwrap();
-    assert_eq!(
-        (r.missing, r.duplicates),
-        (0, 0),
-        "{r:?}\n{}",
-        gw.log_tail(30)
-    );
+    outpost_tests::assert_exactly_once(&sink, &acked, Duration::from_secs(60), &gw);
     assert!(gw.metric("outpost_gateway_uplink_batches_total{outcome=\"sent\"}") >= 1.0);
 }
 
@@ -113,13 +105,7 @@ fn batches_the_sink_refuses_as_too_large_are_split_until_they_fit() {
     let gw = Gateway::start(dir.path(), &opts).unwrap();
 
     let acked = run_sim(dir.path(), &refs(&sim(broker.port, 2000, 13))).unwrap();
-    let r = reconcile(&sink, &acked, Duration::from_secs(60)).unwrap();
-    assert_eq!(
-        (r.missing, r.duplicates),
-        (0, 0),
-        "{r:?}\n{}",
-        gw.log_tail(30)
-    );
+    outpost_tests::assert_exactly_once(&sink, &acked, Duration::from_secs(60), &gw);
     assert!(
         gw.metric("outpost_gateway_uplink_batches_total{outcome=\"split\"}") >= 1.0,
         "no batch was split"
