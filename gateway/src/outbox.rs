@@ -541,11 +541,6 @@ impl Outbox {
         Ok(n)
     }
 
-    /// The oldest record's reading timestamp, for the uplink-lag metric.
-    pub fn oldest(&self) -> Result<Option<OutboxRecord>, OutboxError> {
-        Ok(self.read_batch(0, 1, u64::MAX)?.into_iter().next())
-    }
-
     /// Stores a rejected payload (not flushed by itself: the ingest stage
     /// flushes it with the next group commit, before acknowledging the sender).
     pub fn quarantine(&self, entry: &QuarantineEntry) -> Result<(), OutboxError> {
