@@ -10,12 +10,14 @@
 //! - [`payload`] — one entry point that decodes any supported payload format.
 //! - [`batch`] — the gateway → sink uplink batch: CBOR, zstd-compressed, versioned.
 //! - [`features`] — window → feature vector (stats, band energies, raw), shared by scoring and training.
+//! - [`manifest`] — the model manifest: input spec, feature spec, threshold, hysteresis, metadata.
 #![forbid(unsafe_code)]
 
 pub mod batch;
 pub mod csv;
 pub mod features;
 pub mod limits;
+pub mod manifest;
 pub mod payload;
 pub mod plain;
 pub mod reading;
@@ -24,4 +26,4 @@ pub mod senml;
 pub use batch::{BatchError, OutboxRecord, UplinkBatch};
 pub use limits::{DecodeError, DecodeLimits};
 pub use payload::{DecodeContext, PayloadFormat};
-pub use reading::{Quality, Reading, ReadingError, ReadingId, Timestamp};
+pub use reading::{ClockStamp, Quality, Reading, ReadingError, ReadingId, Timestamp};
