@@ -9,6 +9,8 @@
 //! - [`api`] — the axum router: ingest, query, gateways, stats, health, metrics.
 //! - [`server`] — binds the listener (HTTP or HTTPS), runs the router, shuts down gracefully.
 //! - [`admin`] — offline operations behind the CLI: provision and list gateways.
+//! - [`train`] — training and validation of anomaly models: datasets, preprocessing,
+//!   model families, cross-validation, metrics, thresholds, reports, registry.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -18,6 +20,7 @@ pub mod config;
 pub mod metrics;
 pub mod server;
 pub mod storage;
+pub mod train;
 
 pub use config::{Config, ConfigError, Problem};
 pub use server::{RunningSink, SinkError, spawn, spawn_with_storage};

@@ -45,6 +45,12 @@ enum Command {
         #[command(subcommand)]
         command: GatewayCommand,
     },
+    /// Train an anomaly model from files: model.onnx, manifest, report.
+    Train(Box<cloud_sink::train::cli::TrainArgs>),
+    /// Metrics of a trained model on labelled files.
+    Evaluate(cloud_sink::train::cli::EvaluateArgs),
+    /// Score every row of a file with a trained model.
+    Score(cloud_sink::train::cli::ScoreArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,6 +75,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::Train(args) => report(cloud_sink::train::cli::train(*args)),
+        Command::Evaluate(args) => report(cloud_sink::train::cli::evaluate(args)),
+        Command::Score(args) => report(cloud_sink::train::cli::score(args)),
         Command::Serve { config, listen } => {
             let config = match load_config(&config, listen) {
                 Ok(c) => c,

@@ -1,0 +1,276 @@
+//! Arguments and handlers of `outpost-cloud-sink train | evaluate | score`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use protocol::features::Stat;
+
+use super::dataset::{ColumnOptions, MissingPolicy};
+use super::families::{FamilyKind, HyperParams};
+use super::preprocess::Scaling;
+use super::registry::{NewVersion, Registry};
+use super::run::{self, SavedModel, TrainOptions};
+use super::threshold::ThresholdRule;
+
+fn parse_stat(s: &str) -> Result<Stat, String> {
+    Stat::ALL
+        .into_iter()
+        .find(|st| st.name() == s)
+        .ok_or_else(|| format!("unknown statistic `{s}`"))
+}
+
+fn parse_scaling(s: &str) -> Result<Scaling, String> {
+    match s {
+        "plain" => Ok(Scaling::Plain),
+        "robust" => Ok(Scaling::Robust),
+        _ => Err(format!("`{s}`: expected plain or robust")),
+    }
+}
+
+/// `outpost-cloud-sink train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Input files: CSV/TSV (header row), JSON or SenML (.json, .senml), NDJSON (.ndjson), SenML CBOR (.cbor).
+    #[arg(long, required = true, num_args = 1..)]
+    pub input: Vec<PathBuf>,
+    /// CSV column holding the time (RFC 3339 or epoch s/ms/µs/ns).
+    #[arg(long)]
+    pub time_column: Option<String>,
+    /// Column (CSV) or channel (readings) holding the anomaly label.
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// CSV column naming the device (default: `device` when present).
+    #[arg(long)]
+    pub device_column: Option<String>,
+    /// Columns or channels to leave out, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub exclude: Vec<String>,
+    /// auto | pca | gaussian | forecast | classifier. `auto` needs labels.
+    #[arg(long, default_value = "auto")]
+    pub family: String,
+    /// Output directory: model.json, model.onnx, manifest.json, report.json, report.html.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Frames per window for the feature families (1: each row is a sample; not exportable).
+    #[arg(long, default_value_t = 4)]
+    pub window: usize,
+    /// A window every this many frames.
+    #[arg(long, default_value_t = 1)]
+    pub hop: usize,
+    /// Statistics per channel and window, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_stat, default_value = "mean,std,min,max,slope")]
+    pub stats: Vec<Stat>,
+    /// Missing values: `drop` (windows with gaps) or `ffill:N` (forward-fill within N frames).
+    #[arg(long, default_value = "drop")]
+    pub missing: MissingPolicy,
+    /// Standardisation: plain (mean/std) or robust (median/MAD).
+    #[arg(long, value_parser = parse_scaling, default_value = "plain")]
+    pub scaling: Scaling,
+    /// Cross-validation folds.
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Fraction held out for the final evaluation.
+    #[arg(long, default_value_t = 0.2)]
+    pub holdout: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Forecaster lags (frames).
+    #[arg(long, default_value_t = 4)]
+    pub lags: usize,
+    /// L2 penalty of the forecaster and the classifier.
+    #[arg(long, default_value_t = 1e-2)]
+    pub ridge: f64,
+    /// Frame period for reading files (JSON, NDJSON, SenML), e.g. 1s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub period: Option<Duration>,
+    /// Hold tolerance for reading files (default: one period).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub hold: Option<Duration>,
+    /// Threshold at this false-alarm rate on normal validation data instead of best F1 / the 0.99 quantile.
+    #[arg(long)]
+    pub target_false_alarm_rate: Option<f64>,
+    /// Skip the ONNX export (the model cannot be registered then).
+    #[arg(long)]
+    pub no_export: bool,
+    /// Register the model in this sink database (SQLite file) after a passed export check.
+    #[arg(long)]
+    pub registry: Option<PathBuf>,
+    /// Registry scope (a device, a group or `fleet`).
+    #[arg(long, default_value = "fleet")]
+    pub scope: String,
+    /// Champion/challenger: held-out F1 gain needed to replace the production model.
+    #[arg(long, default_value_t = 0.01)]
+    pub margin: f64,
+}
+
+fn progress() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} folds {msg}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let family = match args.family.as_str() {
+        "auto" => None,
+        other => Some(other.parse::<FamilyKind>().map_err(anyhow::Error::msg)?),
+    };
+    let mut opts = TrainOptions::new(args.input.clone());
+    opts.columns = ColumnOptions {
+        time_column: args.time_column,
+        label_column: args.label_column,
+        device_column: args.device_column,
+        exclude: args.exclude,
+        period: args.period,
+        hold: args.hold,
+    };
+    opts.family = family;
+    opts.window_len = args.window;
+    opts.hop = args.hop;
+    opts.stats = args.stats;
+    opts.missing = args.missing;
+    opts.scaling = args.scaling;
+    opts.folds = args.folds;
+    opts.holdout = args.holdout;
+    opts.seed = args.seed;
+    opts.hyper = HyperParams {
+        lags: args.lags,
+        ridge: args.ridge,
+        ..HyperParams::default()
+    };
+    opts.threshold = args
+        .target_false_alarm_rate
+        .map(ThresholdRule::TargetFalseAlarmRate);
+    let bar = progress();
+    let mut outcome = run::train(&opts, &bar).context("training")?;
+    bar.finish_and_clear();
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut export_error = None;
+    if !args.no_export {
+        match super::export::export(
+            &args.out,
+            &outcome.model,
+            &outcome.report,
+            &outcome.heldout.x,
+            &args.scope,
+        ) {
+            Ok(check) => outcome.report.export = Some(check),
+            Err(e) => export_error = Some(e),
+        }
+    }
+    run::write_outputs(&args.out, &outcome).context("writing the model and report")?;
+    let r = &outcome.report;
+    eprintln!(
+        "family {} — {}\nthreshold {:.6}; held-out: {}",
+        r.chosen.name(),
+        r.reason,
+        r.threshold.value,
+        match &r.heldout {
+            Some(m) => format!(
+                "F1 {:?}, precision {:?}, recall {:?}, ROC-AUC {:?}, false-alarm rate {:?}",
+                m.f1, m.precision, m.recall, m.roc_auc, m.false_alarm_rate
+            ),
+            None => format!("alarm rate {:?}", r.heldout_alarm_rate),
+        }
+    );
+    eprintln!("wrote {}", args.out.display());
+    if let Some(e) = export_error {
+        if args.registry.is_some() {
+            return Err(e).context("ONNX export (registration refused)");
+        }
+        eprintln!("ONNX export not written: {e}");
+    }
+    if let (Some(db), Some(check)) = (&args.registry, &r.export) {
+        let mut registry = Registry::open(db).context("opening the registry")?;
+        let id = registry.register(
+            &NewVersion {
+                scope: args.scope.clone(),
+                family: r.chosen.name().to_owned(),
+                data_from_ns: r.data.time_from_ns,
+                data_to_ns: r.data.time_to_ns,
+                hyper_params: serde_json::to_value(&r.hyper_params)?,
+                metrics: serde_json::to_value(&r.heldout)?,
+                parent: None,
+                artifact: args.out.display().to_string(),
+            },
+            check,
+        )?;
+        let challenger_f1 = r.heldout.as_ref().and_then(|m| m.f1);
+        let champion = registry.production(&args.scope)?;
+        let champion_f1 = match &champion {
+            Some(c) => champion_f1(&c.artifact, &outcome.heldout),
+            None => None,
+        };
+        match (challenger_f1, &champion, champion_f1) {
+            (_, None, _) | (Some(_), Some(_), Some(_)) => {
+                let d = registry.challenge(
+                    id,
+                    challenger_f1.unwrap_or(0.0),
+                    champion_f1,
+                    args.margin,
+                    true,
+                )?;
+                eprintln!("registered version {id}: {}", d.reason);
+            }
+            _ => eprintln!(
+                "registered version {id} as a candidate: champion and challenger cannot be compared on F1 (no labels or incompatible inputs)"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// The champion's F1 on the challenger's held-out samples, when its inputs match.
+fn champion_f1(artifact: &str, heldout: &super::dataset::Samples) -> Option<f64> {
+    let model = SavedModel::load(std::path::Path::new(artifact)).ok()?;
+    let labels = heldout.labels.as_ref()?;
+    let scores = model.score(heldout).ok()?;
+    super::metrics::BinaryMetrics::compute(&scores, labels, model.threshold.value).f1
+}
+
+/// `outpost-cloud-sink evaluate`.
+#[derive(Debug, clap::Args)]
+pub struct EvaluateArgs {
+    /// The directory `train --out` wrote.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, required = true, num_args = 1..)]
+    pub input: Vec<PathBuf>,
+    #[arg(long)]
+    pub label_column: String,
+}
+
+pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
+    let m = run::evaluate(&args.model, &args.input, &args.label_column).context("evaluating")?;
+    println!("{}", serde_json::to_string_pretty(&m)?);
+    Ok(())
+}
+
+/// `outpost-cloud-sink score`.
+#[derive(Debug, clap::Args)]
+pub struct ScoreArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output CSV: row,device,time_ns,score,alarm,status — one line per input row.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn score(args: ScoreArgs) -> anyhow::Result<()> {
+    let rows = run::score(&args.model, &args.input, &args.out).context("scoring")?;
+    let alarms = rows.iter().filter(|r| r.alarm == Some(true)).count();
+    eprintln!(
+        "{} rows scored, {alarms} alarms, written to {}",
+        rows.len(),
+        args.out.display()
+    );
+    Ok(())
+}

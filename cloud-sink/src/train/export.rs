@@ -1,0 +1,316 @@
+//! ONNX export of a trained model's scoring function — preprocessing and
+//! score in one graph — with the `outpost-models` graph builder, plus the
+//! manifest (`protocol::manifest`) the gateway needs to feed it, and the
+//! round-trip check that gates registration.
+//!
+//! The graph's input is the feature vector `protocol::features` computes for
+//! a window (f32 `[batch, F]`), its output the score (`[batch, 1]`):
+//!
+//! - every family starts with `z = (x − center) / scale` (the fitted
+//!   standardisation);
+//! - **gaussian**: `Σ ((z − m)·W)²`;
+//! - **pca**: `c = z − μ`, `t = c·P`, `T² = Σ (t / √λ)²`, `Q = Σ (c − t·Pᵀ)²`,
+//!   score `Max(T² / T²_lim, Q / Q_lim)`;
+//! - **forecast**: the residual of the newest frame is `z·M + b` with
+//!   `M = [−β; I]·diag(1/σ)`, `b = −intercept/σ` (one MatMul, no slicing);
+//!   score `Σ (z·M + b)²`;
+//! - **classifier**: `Sigmoid(z·w + b)`.
+//!
+//! **The check**: the exported bytes are loaded back with the tract runner
+//! (`outpost_models::Model`) and score the held-out rows; the reference is
+//! the in-Rust f64 model applied to the same rows rounded to f32 (what the
+//! gateway feeds the graph). The export passes when
+//! `|onnx − reference| ≤ 1e-5 · max(1, |reference|)` for every row — an
+//! absolute 1e-5 for scores up to 1, relative beyond, because the graph
+//! computes in f32 (about 7 significant digits). `max_abs_diff` in the report
+//! is the largest such normalised difference.
+//!
+//! Not exportable (typed error, so the model is not registered): windows of
+//! one row (the manifest needs at least 2), categorical channels (the
+//! manifest has no one-hot spec), and data without a time grid (the manifest
+//! needs a frame period).
+
+use std::path::Path;
+use std::time::Duration;
+
+use nalgebra::DMatrix;
+use outpost_models::builder::{Dim, GraphBuilder, Value};
+use protocol::manifest::{
+    Hysteresis, InputSpec, MANIFEST_FORMAT, ModelFamily, ModelManifest, ModelMetadata, ScoreSpec,
+};
+
+use super::TrainError;
+use super::families::FittedModel;
+use super::report::{ExportCheck, TrainingReport};
+use super::run::SavedModel;
+
+/// Largest normalised difference the check accepts.
+pub const TOLERANCE: f64 = 1e-5;
+
+fn f32s(values: impl IntoIterator<Item = f64>) -> Vec<f32> {
+    values.into_iter().map(|v| v as f32).collect()
+}
+
+/// Row-major f32 copy of a matrix.
+fn row_major(m: &DMatrix<f64>) -> Vec<f32> {
+    let mut out = Vec::with_capacity(m.len());
+    for r in m.row_iter() {
+        out.extend(r.iter().map(|v| *v as f32));
+    }
+    out
+}
+
+fn build_err(e: outpost_models::BuildError) -> TrainError {
+    TrainError::Export(format!("building the graph: {e}"))
+}
+
+/// Builds the ONNX graph of `model` (see the module docs).
+pub fn graph(model: &SavedModel) -> Result<Vec<u8>, TrainError> {
+    if !model.pipeline.one_hot.is_empty() {
+        return Err(TrainError::Export(
+            "categorical channels (one-hot) cannot be expressed in the model manifest yet".into(),
+        ));
+    }
+    let n = model.pipeline.center.len();
+    let mut g = GraphBuilder::new(model.family.name());
+    g.doc("Outpost anomaly model: standardisation and score, exported by outpost-cloud-sink train");
+    let x = g.input("features", &[Dim::batch(), Dim::Fixed(n)]);
+    let center = g
+        .initializer("center", &[n], f32s(model.pipeline.center.iter().copied()))
+        .map_err(build_err)?;
+    let scale = g
+        .initializer("scale", &[n], f32s(model.pipeline.scale.iter().copied()))
+        .map_err(build_err)?;
+    let d = g.sub(&x, &center);
+    let z = g.div(&d, &scale);
+    let sum_sq = |g: &mut GraphBuilder, v: &Value| {
+        let sq = g.mul(v, v);
+        g.reduce_sum(&sq, &[1], true)
+    };
+    let score = match &model.model {
+        FittedModel::Gaussian(m) => {
+            let mean = g
+                .initializer("mean", &[n], f32s(m.mean.iter().copied()))
+                .map_err(build_err)?;
+            let w = g
+                .initializer("whitening", &[n, n], row_major(&m.whitening))
+                .map_err(build_err)?;
+            let c = g.sub(&z, &mean);
+            let y = g.matmul(&c, &w);
+            sum_sq(&mut g, &y)
+        }
+        FittedModel::Pca(m) => {
+            let k = m.pca.components.ncols();
+            let mean = g
+                .initializer("pca_mean", &[n], f32s(m.pca.mean.iter().copied()))
+                .map_err(build_err)?;
+            let p = g
+                .initializer("components", &[n, k], row_major(&m.pca.components))
+                .map_err(build_err)?;
+            let pt = g
+                .initializer(
+                    "components_t",
+                    &[k, n],
+                    row_major(&m.pca.components.transpose()),
+                )
+                .map_err(build_err)?;
+            let inv_sd = g
+                .initializer(
+                    "inv_sd",
+                    &[k],
+                    f32s(m.pca.variances.iter().map(|v| 1.0 / v.sqrt())),
+                )
+                .map_err(build_err)?;
+            let t2_lim = g
+                .initializer("t2_limit", &[1], vec![m.t2_limit as f32])
+                .map_err(build_err)?;
+            let q_lim = g
+                .initializer("q_limit", &[1], vec![m.q_limit as f32])
+                .map_err(build_err)?;
+            let c = g.sub(&z, &mean);
+            let t = g.matmul(&c, &p);
+            let ts = g.mul(&t, &inv_sd);
+            let t2 = sum_sq(&mut g, &ts);
+            let back = g.matmul(&t, &pt);
+            let r = g.sub(&c, &back);
+            let q = sum_sq(&mut g, &r);
+            let t2n = g.div(&t2, &t2_lim);
+            let qn = g.div(&q, &q_lim);
+            g.max(&[&t2n, &qn])
+        }
+        FittedModel::Forecast(m) => {
+            let c = m.channels;
+            let inputs = c * m.lags;
+            let mut mm = DMatrix::zeros(n, c);
+            for j in 0..c {
+                let s = m.residual_std[j];
+                for i in 0..inputs {
+                    mm[(i, j)] = -m.coefficients[(i, j)] / s;
+                }
+                mm[(inputs + j, j)] = 1.0 / s;
+            }
+            let w = g
+                .initializer("residual_weights", &[n, c], row_major(&mm))
+                .map_err(build_err)?;
+            let b = g
+                .initializer(
+                    "residual_bias",
+                    &[c],
+                    f32s((0..c).map(|j| -m.intercept[j] / m.residual_std[j])),
+                )
+                .map_err(build_err)?;
+            let y = g.matmul(&z, &w);
+            let r = g.add(&y, &b);
+            sum_sq(&mut g, &r)
+        }
+        FittedModel::Classifier(m) => {
+            let w = g
+                .initializer("weights", &[n, 1], f32s(m.weights.iter().copied()))
+                .map_err(build_err)?;
+            let b = g
+                .initializer("bias", &[1], vec![m.bias as f32])
+                .map_err(build_err)?;
+            let y = g.matmul(&z, &w);
+            let y = g.add(&y, &b);
+            g.sigmoid(&y)
+        }
+    };
+    g.output(&score, "score", &[Dim::batch(), Dim::Fixed(1)]);
+    g.to_bytes().map_err(build_err)
+}
+
+/// The manifest of `model` (see the module docs for what cannot be expressed).
+pub fn manifest(
+    model: &SavedModel,
+    report: &TrainingReport,
+    name: &str,
+) -> Result<ModelManifest, TrainError> {
+    let features = model.window.features.clone().ok_or_else(|| {
+        TrainError::Export(
+            "a window of one row has no feature spec; train with --window 2 or more".into(),
+        )
+    })?;
+    let period = model
+        .period_ns
+        .and_then(|p| u64::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| {
+            TrainError::Export(
+                "the data has no time grid (no time column), the manifest needs a frame period"
+                    .into(),
+            )
+        })?;
+    let family = match &model.model {
+        FittedModel::Pca(_) => ModelFamily::Pca,
+        FittedModel::Gaussian(_) => ModelFamily::Mahalanobis,
+        FittedModel::Forecast(_) => ModelFamily::Forecaster,
+        FittedModel::Classifier(_) => ModelFamily::Classifier,
+    };
+    let mut metrics = std::collections::BTreeMap::new();
+    if let Some(m) = &report.heldout {
+        for name in super::metrics::BinaryMetrics::NAMES {
+            if let Some(v) = m.get(name) {
+                metrics.insert(format!("heldout_{name}"), v);
+            }
+        }
+    }
+    let manifest = ModelManifest {
+        format: MANIFEST_FORMAT,
+        name: name.to_owned(),
+        version: 1,
+        family,
+        input: InputSpec {
+            channels: model.channels.clone(),
+            window_len: model.window.len,
+            hop: model.window.hop,
+            frame_period: Duration::from_nanos(period),
+        },
+        features,
+        score: ScoreSpec {
+            threshold: model.threshold.value,
+            hysteresis: Hysteresis::default(),
+        },
+        metadata: ModelMetadata {
+            training_from: report.data.time_from_ns.map(protocol::Timestamp),
+            training_to: report.data.time_to_ns.map(protocol::Timestamp),
+            metrics,
+            notes: format!(
+                "threshold rule: {}; missing values: {}; held-out: {}",
+                serde_json::to_string(&model.threshold.rule).unwrap_or_default(),
+                report.data.samples.missing_policy,
+                report.data.holdout
+            ),
+            ..ModelMetadata::default()
+        },
+    };
+    manifest
+        .validate()
+        .map_err(|e| TrainError::Export(format!("manifest: {e}")))?;
+    Ok(manifest)
+}
+
+/// Loads `onnx` with the tract runner and compares its scores on the raw
+/// feature rows `x` with the reference model (see the module docs).
+pub fn check(
+    model: &SavedModel,
+    onnx: &[u8],
+    manifest: &ModelManifest,
+    x: &DMatrix<f64>,
+) -> Result<ExportCheck, TrainError> {
+    if x.nrows() == 0 {
+        return Err(TrainError::Export(
+            "no held-out rows to check the export on".into(),
+        ));
+    }
+    let runner = outpost_models::Model::load(onnx, manifest.clone())
+        .map_err(|e| TrainError::Export(format!("tract refused the model: {e}")))?;
+    let input = row_major(x);
+    let got = runner
+        .score(&input)
+        .map_err(|e| TrainError::Export(format!("tract could not run the model: {e}")))?;
+    let rounded = x.map(|v| f64::from(v as f32));
+    let z = model.pipeline.transform(&rounded, &[])?;
+    let want = model.model.score(&z)?;
+    let mut max = 0.0f64;
+    for (g, w) in got.iter().zip(&want) {
+        let diff = (f64::from(*g) - w).abs() / w.abs().max(1.0);
+        if !diff.is_finite() {
+            max = f64::INFINITY;
+        } else {
+            max = max.max(diff);
+        }
+    }
+    Ok(ExportCheck {
+        rows: want.len(),
+        max_abs_diff: max,
+        tolerance: TOLERANCE,
+        passed: max <= TOLERANCE && got.len() == want.len(),
+    })
+}
+
+/// Exports, checks and writes `model.onnx` + `manifest.json` into `dir`.
+/// Returns the check; a failed check writes nothing and is an error.
+pub fn export(
+    dir: &Path,
+    model: &SavedModel,
+    report: &TrainingReport,
+    heldout_x: &DMatrix<f64>,
+    name: &str,
+) -> Result<ExportCheck, TrainError> {
+    let onnx = graph(model)?;
+    let manifest = manifest(model, report, name)?;
+    let check = check(model, &onnx, &manifest, heldout_x)?;
+    if !check.passed {
+        return Err(TrainError::Export(format!(
+            "the exported model differs from the reference by {:.3e} (tolerance {:.0e}); not written",
+            check.max_abs_diff, check.tolerance
+        )));
+    }
+    let write = |file: &str, bytes: &[u8]| {
+        let path = dir.join(file);
+        std::fs::write(&path, bytes).map_err(|source| TrainError::Write { path, source })
+    };
+    write("model.onnx", &onnx)?;
+    write("manifest.json", manifest.to_json().as_bytes())?;
+    Ok(check)
+}

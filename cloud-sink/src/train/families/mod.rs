@@ -1,0 +1,179 @@
+//! Model families. Each is fitted on the preprocessed matrix `z` (rows are
+//! samples, see [`super::preprocess::Pipeline`]) and scores rows: a higher
+//! score is more anomalous (the classifier's score is the anomaly
+//! probability).
+//!
+//! - [`pca_t2q`] — PCA with Hotelling T² and Q (SPE), each against its
+//!   empirical control limit; score `max(T²/T²_lim, Q/Q_lim)`.
+//! - [`gaussian`] — Mahalanobis distance under a Ledoit-Wolf shrunk covariance.
+//! - [`forecaster`] — ridge regression of the newest frame on the previous
+//!   `lags` frames; score = sum of squared standardised residuals.
+//! - [`classifier`] — L2-regularised logistic regression (Newton/IRLS).
+
+pub mod classifier;
+pub mod forecaster;
+pub mod gaussian;
+pub mod pca_t2q;
+
+use nalgebra::DMatrix;
+use serde::{Deserialize, Serialize};
+
+use super::TrainError;
+
+/// Which family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FamilyKind {
+    Pca,
+    Gaussian,
+    Forecast,
+    Classifier,
+}
+
+impl FamilyKind {
+    pub const ALL: [FamilyKind; 4] = [
+        FamilyKind::Pca,
+        FamilyKind::Gaussian,
+        FamilyKind::Forecast,
+        FamilyKind::Classifier,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FamilyKind::Pca => "pca",
+            FamilyKind::Gaussian => "gaussian",
+            FamilyKind::Forecast => "forecast",
+            FamilyKind::Classifier => "classifier",
+        }
+    }
+
+    /// Whether fitting needs labels.
+    pub fn supervised(self) -> bool {
+        matches!(self, FamilyKind::Classifier)
+    }
+
+    /// Whether the family is fitted on normal samples only when labels exist.
+    pub fn normal_only(self) -> bool {
+        !self.supervised()
+    }
+}
+
+impl std::str::FromStr for FamilyKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        FamilyKind::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| format!("unknown family `{s}` (pca, gaussian, forecast, classifier)"))
+    }
+}
+
+/// Hyper-parameters of every family (each uses its own).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HyperParams {
+    /// PCA: fraction of variance the kept components explain.
+    pub pca_explained: f64,
+    /// PCA and Gaussian: quantile of the training scores used as control limit.
+    pub control_quantile: f64,
+    /// Forecaster: lags (frames before the predicted one).
+    pub lags: usize,
+    /// Forecaster and classifier: L2 penalty.
+    pub ridge: f64,
+}
+
+impl Default for HyperParams {
+    fn default() -> Self {
+        HyperParams {
+            pca_explained: 0.95,
+            control_quantile: 0.99,
+            lags: 4,
+            ridge: 1e-2,
+        }
+    }
+}
+
+/// A fitted model of any family.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "family", rename_all = "snake_case")]
+pub enum FittedModel {
+    Pca(pca_t2q::PcaT2Q),
+    Gaussian(gaussian::Gaussian),
+    Forecast(forecaster::Forecaster),
+    Classifier(classifier::Logistic),
+}
+
+impl FittedModel {
+    /// Fits `kind` on `z`; `labels` are required by the classifier.
+    /// `channels` is the number of frame channels (the forecaster splits its
+    /// raw window input with it).
+    pub fn fit(
+        kind: FamilyKind,
+        z: &DMatrix<f64>,
+        names: &[String],
+        labels: Option<&[bool]>,
+        channels: usize,
+        hp: &HyperParams,
+    ) -> Result<Self, TrainError> {
+        Ok(match kind {
+            FamilyKind::Pca => FittedModel::Pca(pca_t2q::PcaT2Q::fit(
+                z,
+                names,
+                hp.pca_explained,
+                hp.control_quantile,
+            )?),
+            FamilyKind::Gaussian => FittedModel::Gaussian(gaussian::Gaussian::fit(z, names)?),
+            FamilyKind::Forecast => FittedModel::Forecast(forecaster::Forecaster::fit(
+                z, names, channels, hp.lags, hp.ridge,
+            )?),
+            FamilyKind::Classifier => {
+                let labels = labels.ok_or_else(|| TrainError::NeedLabels {
+                    what: "the classifier",
+                    detail: "the data has no label column".into(),
+                })?;
+                FittedModel::Classifier(classifier::Logistic::fit(z, names, labels, hp.ridge)?)
+            }
+        })
+    }
+
+    pub fn kind(&self) -> FamilyKind {
+        match self {
+            FittedModel::Pca(_) => FamilyKind::Pca,
+            FittedModel::Gaussian(_) => FamilyKind::Gaussian,
+            FittedModel::Forecast(_) => FamilyKind::Forecast,
+            FittedModel::Classifier(_) => FamilyKind::Classifier,
+        }
+    }
+
+    /// Input width.
+    pub fn input_len(&self) -> usize {
+        match self {
+            FittedModel::Pca(m) => m.pca.mean.len(),
+            FittedModel::Gaussian(m) => m.mean.len(),
+            FittedModel::Forecast(m) => m.channels * (m.lags + 1),
+            FittedModel::Classifier(m) => m.weights.len(),
+        }
+    }
+
+    /// Anomaly scores of the rows of `z`.
+    pub fn score(&self, z: &DMatrix<f64>) -> Result<Vec<f64>, TrainError> {
+        if z.ncols() != self.input_len() {
+            return Err(TrainError::Shape {
+                expected: self.input_len(),
+                got: z.ncols(),
+            });
+        }
+        Ok(match self {
+            FittedModel::Pca(m) => m.score(z),
+            FittedModel::Gaussian(m) => m.score(z),
+            FittedModel::Forecast(m) => m.score(z),
+            FittedModel::Classifier(m) => m.score(z),
+        })
+    }
+}
+
+/// Row-wise sum of squares.
+pub(crate) fn row_sq_sums(m: &DMatrix<f64>) -> Vec<f64> {
+    m.row_iter()
+        .map(|r| r.iter().map(|v| v * v).sum())
+        .collect()
+}

@@ -1,0 +1,731 @@
+//! The `train`, `evaluate` and `score` commands, as library functions.
+//!
+//! # Train
+//! 1. Load the inputs into a frame table ([`super::dataset`]).
+//! 2. Hold out data the model never sees until the end: with labels and at
+//!    least 3 devices, the last `⌈holdout·devices⌉` devices of a seeded
+//!    shuffle (held-out *devices*); otherwise the latest `holdout` fraction
+//!    of windows by time.
+//! 3. Cross-validate every candidate family on the rest (stratified k-fold
+//!    with labels, so every fold keeps the anomaly ratio; forward-chaining
+//!    without; the forecaster additionally gets k-fold and forward-chaining
+//!    regression metrics). Unsupervised families are fitted on normal windows
+//!    only. In each fold the threshold is chosen on the fold's training
+//!    scores.
+//! 4. Choose: with `--family auto` the family with the best mean
+//!    cross-validated F1 (ties: PR-AUC). Without labels, `auto` cannot
+//!    compare families honestly and asks for `--family`.
+//! 5. Fit the chosen family on all training windows; threshold by the rule
+//!    (default: best F1 on the pooled out-of-fold scores with labels, the
+//!    0.99 quantile of the training scores without).
+//! 6. Evaluate on the held-out set; write `model.json`, `report.json`,
+//!    `report.html`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::ProgressBar;
+use protocol::features::{FeatureSpec, Stat};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use super::TrainError;
+use super::cv::{self, Fold, FoldKind};
+use super::dataset::{
+    self, ColumnOptions, MissingPolicy, RowStatus, SampleStats, Samples, Table, WindowOptions,
+};
+use super::families::{FamilyKind, FittedModel, HyperParams};
+use super::metrics::{BinaryMetrics, RegressionMetrics, Spread};
+use super::preprocess::{Pipeline, Scaling};
+use super::report::{DataSummary, FamilyResult, FoldResult, TrainingReport, fold_metric};
+use super::threshold::{self, Threshold, ThresholdRule};
+
+/// Options of a training run.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub inputs: Vec<PathBuf>,
+    pub columns: ColumnOptions,
+    /// `None`: choose by validation.
+    pub family: Option<FamilyKind>,
+    /// Rows per window for the feature families (1 = each row is a sample).
+    pub window_len: usize,
+    pub hop: usize,
+    /// Statistics per channel and window (`window_len ≥ 2`).
+    pub stats: Vec<Stat>,
+    pub missing: MissingPolicy,
+    pub scaling: Scaling,
+    pub folds: usize,
+    /// Fraction held out for the final evaluation.
+    pub holdout: f64,
+    pub seed: u64,
+    pub hyper: HyperParams,
+    /// `None`: best F1 with labels, the 0.99 normal quantile without.
+    pub threshold: Option<ThresholdRule>,
+}
+
+impl TrainOptions {
+    pub fn new(inputs: Vec<PathBuf>) -> Self {
+        TrainOptions {
+            inputs,
+            columns: ColumnOptions::default(),
+            family: None,
+            window_len: 1,
+            hop: 1,
+            stats: vec![Stat::Mean, Stat::Std, Stat::Min, Stat::Max, Stat::Slope],
+            missing: MissingPolicy::Drop,
+            scaling: Scaling::Plain,
+            folds: 5,
+            holdout: 0.2,
+            seed: 1,
+            hyper: HyperParams::default(),
+            threshold: None,
+        }
+    }
+}
+
+/// Everything needed to apply a trained model (saved as `model.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SavedModel {
+    pub format_version: u32,
+    pub family: FamilyKind,
+    pub window: WindowOptions,
+    pub channels: Vec<String>,
+    pub categorical: Vec<String>,
+    pub time_column: Option<String>,
+    pub device_column: Option<String>,
+    pub exclude: Vec<String>,
+    pub period_ns: Option<i64>,
+    pub pipeline: Pipeline,
+    pub model: FittedModel,
+    pub threshold: Threshold,
+}
+
+impl SavedModel {
+    /// Scores samples built with this model's window options.
+    pub fn score(&self, samples: &Samples) -> Result<Vec<f64>, TrainError> {
+        let z = self.pipeline.transform(&samples.x, &samples.categorical)?;
+        self.model.score(&z)
+    }
+
+    /// Builds the samples of `table` the way this model was trained.
+    pub fn samples(&self, table: &Table, hop: usize) -> Result<(Samples, SampleStats), TrainError> {
+        // Extra numeric columns (a label column, say) are ignored; every
+        // channel the model was trained on must be there.
+        let mut numeric = Vec::with_capacity(self.channels.len());
+        for ch in &self.channels {
+            match table.numeric_names.iter().position(|n| n == ch) {
+                Some(i) => numeric.push(table.numeric[i].clone()),
+                None => {
+                    return Err(TrainError::Option {
+                        option: "--input",
+                        message: format!(
+                            "the model's channel {ch:?} is not in the data (its channels: {:?})",
+                            table.numeric_names
+                        ),
+                    });
+                }
+            }
+        }
+        let projected;
+        let table = if numeric.len() == table.numeric.len() && table.numeric_names == self.channels
+        {
+            table
+        } else {
+            projected = Table {
+                numeric_names: self.channels.clone(),
+                numeric,
+                ..table.clone()
+            };
+            &projected
+        };
+        if table.cat_names != self.categorical {
+            return Err(TrainError::Option {
+                option: "--input",
+                message: format!(
+                    "the data's categorical channels {:?} are not the model's {:?}",
+                    table.cat_names, self.categorical
+                ),
+            });
+        }
+        let mut w = self.window.clone();
+        w.hop = hop;
+        dataset::build_samples(table, &w)
+    }
+
+    pub fn load(dir: &Path) -> Result<Self, TrainError> {
+        let path = dir.join("model.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+/// The result of [`train`].
+#[derive(Debug)]
+pub struct TrainOutcome {
+    pub model: SavedModel,
+    pub report: TrainingReport,
+    /// Held-out samples (raw features), for the export check and
+    /// champion/challenger comparisons.
+    pub heldout: Samples,
+    pub heldout_scores: Vec<f64>,
+}
+
+fn window_options(opts: &TrainOptions, kind: FamilyKind, table: &Table) -> WindowOptions {
+    match kind {
+        FamilyKind::Forecast => WindowOptions {
+            len: opts.hyper.lags + 1,
+            hop: 1,
+            features: Some(FeatureSpec {
+                channels: table.numeric_names.clone(),
+                stats: Vec::new(),
+                bands: None,
+                raw: true,
+            }),
+            missing: opts.missing,
+        },
+        _ if opts.window_len <= 1 => WindowOptions {
+            len: 1,
+            hop: opts.hop,
+            features: None,
+            missing: opts.missing,
+        },
+        _ => WindowOptions {
+            len: opts.window_len,
+            hop: opts.hop,
+            features: Some(FeatureSpec {
+                channels: table.numeric_names.clone(),
+                stats: opts.stats.clone(),
+                bands: None,
+                raw: false,
+            }),
+            missing: opts.missing,
+        },
+    }
+}
+
+/// Indices of training and held-out samples, and how they were chosen.
+fn holdout_split(samples: &Samples, frac: f64, seed: u64) -> (Vec<usize>, Vec<usize>, String) {
+    let mut devices: Vec<String> = samples.devices.clone();
+    devices.sort();
+    devices.dedup();
+    let n = samples.len();
+    if samples.labels.is_some() && devices.len() >= 3 {
+        devices.shuffle(&mut StdRng::seed_from_u64(seed));
+        let k = ((frac * devices.len() as f64).ceil() as usize).clamp(1, devices.len() - 1);
+        let held: Vec<String> = devices[devices.len() - k..].to_vec();
+        let (test, train): (Vec<usize>, Vec<usize>) =
+            (0..n).partition(|&i| held.contains(&samples.devices[i]));
+        return (
+            train,
+            test,
+            format!("held-out devices: {}", held.join(", ")),
+        );
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| samples.times[i]);
+    let cut = n - ((frac * n as f64).ceil() as usize).min(n.saturating_sub(2));
+    let mut train = order[..cut].to_vec();
+    let mut test = order[cut..].to_vec();
+    train.sort_unstable();
+    test.sort_unstable();
+    (
+        train,
+        test,
+        format!("the latest {:.0}% of windows by time", frac * 100.0),
+    )
+}
+
+/// Fits pipeline + model on `train` (normal windows only for unsupervised
+/// families when labels exist).
+fn fit_on(
+    kind: FamilyKind,
+    s: &Samples,
+    train: &[usize],
+    opts: &TrainOptions,
+) -> Result<(Pipeline, FittedModel), TrainError> {
+    let rows: Vec<usize> = match (&s.labels, kind.normal_only()) {
+        (Some(l), true) => train.iter().copied().filter(|&i| !l[i]).collect(),
+        _ => train.to_vec(),
+    };
+    let sub = s.select(&rows);
+    let pipeline = Pipeline::fit(
+        &sub.x,
+        &sub.names,
+        &sub.categorical,
+        &sub.cat_names,
+        opts.scaling,
+    )?;
+    let z = pipeline.transform(&sub.x, &sub.categorical)?;
+    let names = pipeline.output_names();
+    let model = FittedModel::fit(
+        kind,
+        &z,
+        &names,
+        sub.labels.as_deref(),
+        s.channels,
+        &opts.hyper,
+    )?;
+    Ok((pipeline, model))
+}
+
+fn score_rows(
+    p: &Pipeline,
+    m: &FittedModel,
+    s: &Samples,
+    rows: &[usize],
+) -> Result<Vec<f64>, TrainError> {
+    let sub = s.select(rows);
+    let z = p.transform(&sub.x, &sub.categorical)?;
+    m.score(&z)
+}
+
+fn default_rule(labelled: bool) -> ThresholdRule {
+    if labelled {
+        ThresholdRule::BestF1
+    } else {
+        ThresholdRule::NormalQuantile(0.99)
+    }
+}
+
+fn forecast_regression(
+    p: &Pipeline,
+    m: &FittedModel,
+    s: &Samples,
+    rows: &[usize],
+) -> Result<Option<RegressionMetrics>, TrainError> {
+    let FittedModel::Forecast(f) = m else {
+        return Ok(None);
+    };
+    let sub = s.select(rows);
+    let z = p.transform(&sub.x, &sub.categorical)?;
+    let truth = f.target(&z);
+    let pred = f.predict(&z);
+    Ok(RegressionMetrics::compute(
+        truth.as_slice(),
+        pred.as_slice(),
+    ))
+}
+
+/// Cross-validates one family on `train` samples; also returns the pooled
+/// out-of-fold scores `(sample index, score)`.
+fn cross_validate(
+    kind: FamilyKind,
+    fold_kind: FoldKind,
+    s: &Samples,
+    train: &[usize],
+    opts: &TrainOptions,
+    progress: &ProgressBar,
+) -> (FamilyResult, Vec<(usize, f64)>) {
+    let start = Instant::now();
+    let mut result = FamilyResult {
+        family: kind,
+        fold_kind,
+        folds: Vec::new(),
+        spread: Default::default(),
+        error: None,
+        seconds: 0.0,
+    };
+    let mut oof = Vec::new();
+    let labels_of = |idx: &[usize]| {
+        s.labels
+            .as_ref()
+            .map(|l| idx.iter().map(|&i| l[i]).collect::<Vec<bool>>())
+    };
+    let folds: Result<Vec<Fold>, TrainError> = match fold_kind {
+        FoldKind::Stratified => match labels_of(train) {
+            Some(l) => cv::stratified_kfold(&l, opts.folds, opts.seed),
+            None => Err(TrainError::NeedLabels {
+                what: "stratified folds",
+                detail: "the data has none".into(),
+            }),
+        },
+        FoldKind::KFold => cv::kfold(train.len(), opts.folds, opts.seed),
+        FoldKind::ForwardChaining => {
+            let t: Vec<i64> = train.iter().map(|&i| s.times[i]).collect();
+            cv::forward_chaining(&t, opts.folds)
+        }
+    };
+    let run = || -> Result<(), TrainError> {
+        for (index, fold) in folds?.iter().enumerate() {
+            progress.set_message(format!(
+                "{} {:?} fold {}",
+                kind.name(),
+                fold_kind,
+                index + 1
+            ));
+            let tr: Vec<usize> = fold.train.iter().map(|&i| train[i]).collect();
+            let te: Vec<usize> = fold.test.iter().map(|&i| train[i]).collect();
+            let (p, m) = fit_on(kind, s, &tr, opts)?;
+            let tr_scores = score_rows(&p, &m, s, &tr)?;
+            let te_scores = score_rows(&p, &m, s, &te)?;
+            let tr_labels = labels_of(&tr);
+            let te_labels = labels_of(&te);
+            let rule = opts.threshold.unwrap_or(default_rule(tr_labels.is_some()));
+            let th = threshold::choose(rule, &tr_scores, tr_labels.as_deref())?;
+            oof.extend(te.iter().copied().zip(te_scores.iter().copied()));
+            let alarm_rate = te_labels.is_none().then(|| {
+                te_scores.iter().filter(|v| **v > th.value).count() as f64
+                    / te_scores.len().max(1) as f64
+            });
+            info!(
+                family = kind.name(),
+                fold = index,
+                train = tr.len(),
+                test = te.len(),
+                "fold done"
+            );
+            result.folds.push(FoldResult {
+                index,
+                train: tr.len(),
+                test: te.len(),
+                metrics: te_labels.map(|l| BinaryMetrics::compute(&te_scores, &l, th.value)),
+                regression: forecast_regression(&p, &m, s, &te)?,
+                alarm_rate,
+            });
+            progress.inc(1);
+        }
+        Ok(())
+    };
+    if let Err(e) = run() {
+        result.error = Some(e.to_string());
+    }
+    let mut names: Vec<&str> = Vec::new();
+    if s.labels.is_some() {
+        names.extend(BinaryMetrics::NAMES);
+    } else {
+        names.push("alarm_rate");
+    }
+    if kind == FamilyKind::Forecast {
+        names.extend(["mse", "mae", "r2"]);
+    }
+    for name in names {
+        let values: Vec<Option<f64>> = result.folds.iter().map(|f| fold_metric(f, name)).collect();
+        result.spread.insert(name.to_owned(), Spread::of(&values));
+    }
+    result.seconds = start.elapsed().as_secs_f64();
+    (result, oof)
+}
+
+/// Trains per the module docs. `progress` may be hidden.
+pub fn train(opts: &TrainOptions, progress: &ProgressBar) -> Result<TrainOutcome, TrainError> {
+    if !(opts.holdout > 0.0 && opts.holdout < 1.0) {
+        return Err(TrainError::Option {
+            option: "--holdout",
+            message: format!("{} is not in (0, 1)", opts.holdout),
+        });
+    }
+    let table = dataset::load_files(&opts.inputs, &opts.columns)?;
+    let labelled = table.labels.is_some();
+    let candidates: Vec<FamilyKind> = match opts.family {
+        Some(f) => vec![f],
+        None if labelled => FamilyKind::ALL.to_vec(),
+        None => {
+            return Err(TrainError::NeedLabels {
+                what: "choosing a family by validation (--family auto)",
+                detail: "the data has no label column: name a family with --family".into(),
+            });
+        }
+    };
+    if candidates.iter().any(|f| f.supervised()) && !labelled && opts.family.is_some() {
+        return Err(TrainError::NeedLabels {
+            what: "the classifier",
+            detail: "the data has no label column (--label-column)".into(),
+        });
+    }
+    progress.set_length((candidates.len() * opts.folds * 2) as u64);
+    let mut results = Vec::new();
+    let mut best: Option<BestCandidate> = None;
+    for &kind in &candidates {
+        let w = window_options(opts, kind, &table);
+        let (samples, _) = dataset::build_samples(&table, &w)?;
+        if samples.len() < 4 {
+            return Err(TrainError::TooFewRows {
+                rows: samples.len(),
+                needed: 4,
+            });
+        }
+        let (train_idx, _, _) = holdout_split(&samples, opts.holdout, opts.seed);
+        let mut kinds = vec![if labelled {
+            FoldKind::Stratified
+        } else {
+            FoldKind::ForwardChaining
+        }];
+        if kind == FamilyKind::Forecast {
+            kinds = vec![FoldKind::KFold, FoldKind::ForwardChaining];
+            if labelled {
+                kinds.insert(0, FoldKind::Stratified);
+            }
+        }
+        for fk in kinds {
+            let (r, oof) = cross_validate(kind, fk, &samples, &train_idx, opts, progress);
+            let primary = fk == FoldKind::Stratified || !labelled;
+            if primary && r.error.is_none() {
+                let f1 = r
+                    .spread
+                    .get("f1")
+                    .and_then(|s| s.mean)
+                    .unwrap_or(f64::NEG_INFINITY);
+                let ap = r
+                    .spread
+                    .get("pr_auc")
+                    .and_then(|s| s.mean)
+                    .unwrap_or(f64::NEG_INFINITY);
+                if best.as_ref().is_none_or(|b| (f1, ap) > (b.1, b.2)) {
+                    best = Some((kind, f1, ap, oof));
+                }
+            }
+            results.push(r);
+        }
+    }
+    let Some((chosen, best_f1, _, oof)) = best else {
+        let why: Vec<String> = results
+            .iter()
+            .filter_map(|r| {
+                r.error
+                    .as_ref()
+                    .map(|e| format!("{}: {e}", r.family.name()))
+            })
+            .collect();
+        return Err(TrainError::Folds(format!(
+            "no family could be validated ({})",
+            why.join("; ")
+        )));
+    };
+    let reason = match (opts.family, labelled) {
+        (Some(_), _) => format!("{} was named with --family.", chosen.name()),
+        (None, _) => format!(
+            "{} has the highest mean cross-validated F1 ({best_f1:.4}) among {} candidates (see the tables below).",
+            chosen.name(),
+            candidates.len()
+        ),
+    };
+    // Final fit.
+    let w = window_options(opts, chosen, &table);
+    let (samples, sample_stats) = dataset::build_samples(&table, &w)?;
+    let (train_idx, test_idx, holdout) = holdout_split(&samples, opts.holdout, opts.seed);
+    let (pipeline, model) = fit_on(chosen, &samples, &train_idx, opts)?;
+    let rule = opts.threshold.unwrap_or(default_rule(labelled));
+    let th = match (&samples.labels, rule) {
+        (Some(l), ThresholdRule::BestF1 | ThresholdRule::TargetFalseAlarmRate(_))
+            if !oof.is_empty() =>
+        {
+            let scores: Vec<f64> = oof.iter().map(|(_, s)| *s).collect();
+            let labels: Vec<bool> = oof.iter().map(|(i, _)| l[*i]).collect();
+            threshold::choose(rule, &scores, Some(&labels))?
+        }
+        _ => {
+            let tr_scores = score_rows(&pipeline, &model, &samples, &train_idx)?;
+            let tr_labels = samples
+                .labels
+                .as_ref()
+                .map(|l| train_idx.iter().map(|&i| l[i]).collect::<Vec<_>>());
+            threshold::choose(rule, &tr_scores, tr_labels.as_deref())?
+        }
+    };
+    let test = samples.select(&test_idx);
+    let heldout_z = pipeline.transform(&test.x, &test.categorical)?;
+    let heldout_scores = model.score(&heldout_z)?;
+    let heldout = test
+        .labels
+        .as_ref()
+        .map(|l| BinaryMetrics::compute(&heldout_scores, l, th.value));
+    let heldout_alarm_rate = test.labels.is_none().then(|| {
+        heldout_scores.iter().filter(|v| **v > th.value).count() as f64
+            / heldout_scores.len().max(1) as f64
+    });
+    let heldout_regression = forecast_regression(&pipeline, &model, &samples, &test_idx)?;
+    info!(
+        family = chosen.name(),
+        train = train_idx.len(),
+        heldout = test_idx.len(),
+        threshold = th.value,
+        f1 = heldout.as_ref().and_then(|m| m.f1),
+        "model trained"
+    );
+    let cap = heldout_scores.len().min(20_000);
+    let data = DataSummary {
+        inputs: opts
+            .inputs
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        devices: table.device_names().len(),
+        channels: table.numeric_names.clone(),
+        categorical: table.cat_names.clone(),
+        features: samples.names.len(),
+        window_len: w.len,
+        window_hop: w.hop,
+        samples: sample_stats,
+        labelled,
+        anomalies: samples
+            .labels
+            .as_ref()
+            .map_or(0, |l| l.iter().filter(|&&v| v).count()),
+        train_windows: train_idx.len(),
+        test_windows: test_idx.len(),
+        holdout,
+        time_from_ns: table.times.as_ref().and_then(|t| t.iter().min().copied()),
+        time_to_ns: table.times.as_ref().and_then(|t| t.iter().max().copied()),
+    };
+    let report = TrainingReport {
+        created_ns: protocol::Timestamp::now().as_nanos(),
+        data,
+        hyper_params: opts.hyper.clone(),
+        candidates: results,
+        chosen,
+        reason,
+        threshold: th,
+        heldout,
+        heldout_regression,
+        heldout_alarm_rate,
+        heldout_scores: heldout_scores[..cap].to_vec(),
+        heldout_labels: test.labels.as_ref().map(|l| l[..cap].to_vec()),
+        export: None,
+    };
+    let model = SavedModel {
+        format_version: 1,
+        family: chosen,
+        window: w,
+        channels: table.numeric_names.clone(),
+        categorical: table.cat_names.clone(),
+        time_column: opts.columns.time_column.clone(),
+        device_column: opts.columns.device_column.clone(),
+        exclude: opts.columns.exclude.clone(),
+        period_ns: table.period_ns,
+        pipeline,
+        model,
+        threshold: th,
+    };
+    Ok(TrainOutcome {
+        model,
+        report,
+        heldout: test,
+        heldout_scores,
+    })
+}
+
+fn write(path: PathBuf, data: &[u8]) -> Result<(), TrainError> {
+    std::fs::write(&path, data).map_err(|source| TrainError::Write { path, source })
+}
+
+/// Writes `model.json`, `report.json` and `report.html` into `dir`.
+pub fn write_outputs(dir: &Path, outcome: &TrainOutcome) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(|source| TrainError::Write {
+        path: dir.to_owned(),
+        source,
+    })?;
+    write(
+        dir.join("model.json"),
+        serde_json::to_string_pretty(&outcome.model)?.as_bytes(),
+    )?;
+    write(
+        dir.join("report.json"),
+        outcome.report.to_json()?.as_bytes(),
+    )?;
+    write(dir.join("report.html"), outcome.report.to_html().as_bytes())?;
+    Ok(())
+}
+
+/// The column options a saved model reads its input with.
+pub fn columns_of(model: &SavedModel, label_column: Option<String>) -> ColumnOptions {
+    ColumnOptions {
+        time_column: model.time_column.clone(),
+        label_column,
+        device_column: model.device_column.clone(),
+        exclude: model.exclude.clone(),
+        period: model
+            .period_ns
+            .and_then(|p| u64::try_from(p).ok())
+            .map(std::time::Duration::from_nanos),
+        hold: None,
+    }
+}
+
+/// Metrics of a saved model on labelled files, at its threshold.
+pub fn evaluate(
+    dir: &Path,
+    inputs: &[PathBuf],
+    label_column: &str,
+) -> Result<BinaryMetrics, TrainError> {
+    let model = SavedModel::load(dir)?;
+    let table = dataset::load_files(inputs, &columns_of(&model, Some(label_column.to_owned())))?;
+    let (samples, _) = model.samples(&table, model.window.hop)?;
+    let labels = samples
+        .labels
+        .clone()
+        .ok_or_else(|| TrainError::NeedLabels {
+            what: "evaluate",
+            detail: "no label column was read".into(),
+        })?;
+    let scores = model.score(&samples)?;
+    Ok(BinaryMetrics::compute(
+        &scores,
+        &labels,
+        model.threshold.value,
+    ))
+}
+
+/// One output row of [`score`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScoredRow {
+    pub row: usize,
+    pub device: String,
+    pub time_ns: Option<i64>,
+    pub score: Option<f64>,
+    pub alarm: Option<bool>,
+    pub status: &'static str,
+}
+
+/// Scores every row of `input` (the window ending at that row) in input
+/// order, and writes them as CSV to `out`.
+pub fn score(dir: &Path, input: &Path, out: &Path) -> Result<Vec<ScoredRow>, TrainError> {
+    let model = SavedModel::load(dir)?;
+    let table = dataset::load_files(&[input.to_owned()], &columns_of(&model, None))?;
+    let (samples, _) = model.samples(&table, 1)?;
+    let scores = model.score(&samples)?;
+    let mut rows: Vec<ScoredRow> = samples
+        .row_status
+        .iter()
+        .enumerate()
+        .map(|(i, st)| {
+            let (score, status) = match st {
+                RowStatus::Sample(k) => (Some(scores[*k]), "scored"),
+                RowStatus::BeforeFullWindow => (None, "before_first_full_window"),
+                RowStatus::Gap => (None, "window_has_missing_values"),
+                RowStatus::NotDue => (None, "not_a_window_end"),
+            };
+            ScoredRow {
+                row: table.source_rows[i],
+                device: table.devices[i].clone(),
+                time_ns: table.times.as_ref().map(|t| t[i]),
+                score,
+                alarm: score.map(|s| s > model.threshold.value),
+                status,
+            }
+        })
+        .collect();
+    rows.sort_by_key(|r| r.row);
+    let mut text = String::from("row,device,time_ns,score,alarm,status\n");
+    for r in &rows {
+        text.push_str(&format!(
+            "{},{},{},{},{},{}\n",
+            r.row,
+            r.device,
+            r.time_ns.map_or_else(String::new, |t| t.to_string()),
+            r.score.map_or_else(String::new, |s| format!("{s}")),
+            r.alarm.map_or("", |a| if a { "1" } else { "0" }),
+            r.status
+        ));
+    }
+    write(out.to_owned(), text.as_bytes())?;
+    Ok(rows)
+}
+
+/// The best family so far: kind, its two scores, and its per-sample scores.
+type BestCandidate = (FamilyKind, f64, f64, Vec<(usize, f64)>);

@@ -1,0 +1,262 @@
+//! Training end to end on a synthetic labelled fleet: every family trains,
+//! exports to ONNX, reloads with tract and matches the in-Rust scores; an
+//! injected fault is refused; the registry keeps lineage and only promotes a
+//! challenger that beats the champion by the margin; evaluate and score work
+//! on the written model.
+#![allow(clippy::unwrap_used)]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use cloud_sink::train::TrainError;
+use cloud_sink::train::export;
+use cloud_sink::train::families::{FamilyKind, FittedModel};
+use cloud_sink::train::registry::{NewVersion, Registry, Status};
+use cloud_sink::train::report::ExportCheck;
+use cloud_sink::train::run::{self, TrainOptions};
+use indicatif::ProgressBar;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn normal(rng: &mut StdRng) -> f64 {
+    let u1: f64 = rng.random_range(1e-12..1.0);
+    let u2: f64 = rng.random_range(0.0..1.0);
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// Four pumps, 1 s frames: `flow` follows a slow cycle, `current` tracks
+/// `flow`, `temp` is an AR(1). Anomalies: 12-frame segments where `current`
+/// departs from `flow` by +2.5.
+fn fleet_csv(dir: &Path, rows_per_device: usize) -> PathBuf {
+    let mut rng = StdRng::seed_from_u64(42);
+    let mut text = String::from("time,device,flow,current,temp,label\n");
+    let t0 = 1_767_225_600i64;
+    for d in 0..4 {
+        let mut temp = 40.0;
+        let mut anomaly_left = 0;
+        for i in 0..rows_per_device {
+            let flow = 10.0 + 3.0 * (i as f64 / 25.0 + d as f64).sin() + 0.2 * normal(&mut rng);
+            temp = 40.0 + 0.8 * (temp - 40.0) + 0.3 * normal(&mut rng);
+            if anomaly_left == 0 && i > 20 && rng.random_range(0.0..1.0) < 0.012 {
+                anomaly_left = 12;
+            }
+            let mut current = 2.0 + 0.5 * flow + 0.1 * normal(&mut rng);
+            let label = anomaly_left > 0;
+            if label {
+                current += 2.5;
+                anomaly_left -= 1;
+            }
+            writeln!(
+                text,
+                "{},pump-{d},{flow:.5},{current:.5},{temp:.5},{}",
+                t0 + i as i64,
+                u8::from(label)
+            )
+            .unwrap();
+        }
+    }
+    let path = dir.join("fleet.csv");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn options(input: PathBuf, family: Option<FamilyKind>) -> TrainOptions {
+    let mut o = TrainOptions::new(vec![input]);
+    o.columns.time_column = Some("time".into());
+    o.columns.label_column = Some("label".into());
+    o.family = family;
+    o.window_len = 4;
+    o.folds = 3;
+    o.hyper.lags = 2;
+    o
+}
+
+#[test]
+fn every_family_exports_to_onnx_that_tract_scores_like_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fleet_csv(dir.path(), 600);
+    for family in FamilyKind::ALL {
+        let out = dir.path().join(family.name());
+        std::fs::create_dir_all(&out).unwrap();
+        let outcome = run::train(
+            &options(input.clone(), Some(family)),
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
+        assert_eq!(outcome.model.family, family);
+        assert!(outcome.heldout.len() > 100);
+        let check = export::export(
+            &out,
+            &outcome.model,
+            &outcome.report,
+            &outcome.heldout.x,
+            "test",
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", family.name()));
+        assert!(
+            check.passed && check.max_abs_diff <= 1e-5,
+            "{}: {check:?}",
+            family.name()
+        );
+        assert_eq!(check.rows, outcome.heldout.len());
+        assert!(out.join("model.onnx").exists() && out.join("manifest.json").exists());
+        // The written files load with the runner the gateway uses.
+        let m =
+            outpost_models::Model::load_files(&out.join("model.onnx"), &out.join("manifest.json"))
+                .unwrap();
+        assert_eq!(m.feature_count(), outcome.heldout.x.ncols());
+    }
+}
+
+#[test]
+fn an_export_that_does_not_match_the_reference_is_refused_and_cannot_be_registered() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fleet_csv(dir.path(), 400);
+    let outcome = run::train(
+        &options(input, Some(FamilyKind::Gaussian)),
+        &ProgressBar::hidden(),
+    )
+    .unwrap();
+    // Inject a fault: export a model whose whitening differs by 1e-3.
+    let mut faulty = outcome.model.clone();
+    let FittedModel::Gaussian(g) = &mut faulty.model else {
+        panic!("gaussian")
+    };
+    g.whitening[(0, 0)] += 1e-3;
+    let onnx = export::graph(&faulty).unwrap();
+    let manifest = export::manifest(&outcome.model, &outcome.report, "t").unwrap();
+    let check = export::check(&outcome.model, &onnx, &manifest, &outcome.heldout.x).unwrap();
+    assert!(!check.passed, "{check:?}");
+    assert!(check.max_abs_diff > 1e-5);
+    let registry = Registry::open(&dir.path().join("sink.db")).unwrap();
+    let err = registry.register(&version("fleet"), &check).unwrap_err();
+    assert!(matches!(err, TrainError::Export(_)), "{err}");
+    // The honest export passes and registers.
+    let onnx = export::graph(&outcome.model).unwrap();
+    let ok = export::check(&outcome.model, &onnx, &manifest, &outcome.heldout.x).unwrap();
+    assert!(ok.passed, "{ok:?}");
+    assert!(registry.register(&version("fleet"), &ok).is_ok());
+}
+
+fn version(scope: &str) -> NewVersion {
+    NewVersion {
+        scope: scope.into(),
+        family: "gaussian".into(),
+        data_from_ns: Some(1),
+        data_to_ns: Some(2),
+        hyper_params: serde_json::json!({"ridge": 0.01}),
+        metrics: serde_json::json!({"f1": 0.9}),
+        parent: None,
+        artifact: "/models/x".into(),
+    }
+}
+
+#[test]
+fn champion_challenger_promotes_only_by_the_margin_and_keeps_lineage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = Registry::open(&dir.path().join("sink.db")).unwrap();
+    let pass = ExportCheck {
+        rows: 10,
+        max_abs_diff: 1e-7,
+        tolerance: 1e-5,
+        passed: true,
+    };
+    let first = r.register(&version("pump-1"), &pass).unwrap();
+    let d = r.challenge(first, 0.80, None, 0.01, true).unwrap();
+    assert!(d.promoted, "{d:?}");
+    assert_eq!(r.production("pump-1").unwrap().unwrap().id, first);
+    // Better by less than the margin: champion kept.
+    let second = r.register(&version("pump-1"), &pass).unwrap();
+    assert_eq!(r.get(second).unwrap().unwrap().parent, Some(first));
+    let d = r.challenge(second, 0.805, Some(0.80), 0.01, true).unwrap();
+    assert!(!d.promoted, "{d:?}");
+    assert_eq!(r.get(second).unwrap().unwrap().status, Status::Candidate);
+    // Better by the margin: promoted, the champion retired.
+    let third = r.register(&version("pump-1"), &pass).unwrap();
+    let d = r.challenge(third, 0.85, Some(0.80), 0.01, true).unwrap();
+    assert!(d.promoted);
+    assert_eq!(r.get(first).unwrap().unwrap().status, Status::Retired);
+    assert_eq!(r.production("pump-1").unwrap().unwrap().id, third);
+    // Lower-is-better metrics point the other way.
+    let fourth = r.register(&version("pump-1"), &pass).unwrap();
+    let d = r.challenge(fourth, 0.20, Some(0.10), 0.01, false).unwrap();
+    assert!(!d.promoted);
+    // Other scopes are independent.
+    let other = r.register(&version("pump-2"), &pass).unwrap();
+    assert_eq!(r.get(other).unwrap().unwrap().parent, None);
+    assert_eq!(r.list("pump-1").unwrap().len(), 4);
+}
+
+#[test]
+fn auto_chooses_by_validation_and_evaluate_and_score_use_the_written_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fleet_csv(dir.path(), 600);
+    let outcome = run::train(&options(input.clone(), None), &ProgressBar::hidden()).unwrap();
+    let r = &outcome.report;
+    // Four families plus the forecaster's k-fold and time-ordered runs.
+    assert_eq!(r.candidates.len(), 6);
+    assert!(
+        r.reason.contains("highest mean cross-validated F1"),
+        "{}",
+        r.reason
+    );
+    assert!(
+        r.data.holdout.starts_with("held-out devices"),
+        "{}",
+        r.data.holdout
+    );
+    let held = r.heldout.as_ref().unwrap();
+    assert!(
+        held.f1.unwrap() > 0.8,
+        "held-out F1 {:?} of {}",
+        held.f1,
+        r.chosen.name()
+    );
+    for c in &r.candidates {
+        assert!(c.error.is_none(), "{}: {:?}", c.family.name(), c.error);
+        assert_eq!(c.folds.len(), 3);
+    }
+    let out = dir.path().join("model");
+    run::write_outputs(&out, &outcome).unwrap();
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("ROC") && html.contains("Precision-recall"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["chosen"], r.chosen.name());
+
+    let m = run::evaluate(&out, std::slice::from_ref(&input), "label").unwrap();
+    assert!(m.f1.unwrap() > 0.8, "{m:?}");
+    let scored = dir.path().join("scores.csv");
+    let rows = run::score(&out, &input, &scored).unwrap();
+    assert_eq!(rows.len(), 2400);
+    let text = std::fs::read_to_string(&scored).unwrap();
+    assert_eq!(text.lines().count(), 2401);
+    let window = outcome.model.window.len;
+    // The first rows of each device come before its first full window.
+    assert!(
+        rows[..window - 1]
+            .iter()
+            .all(|r| r.status == "before_first_full_window" && r.score.is_none())
+    );
+    assert!(rows[window - 1].score.is_some());
+    assert!(rows.iter().filter(|r| r.score.is_some()).count() >= 2400 - 4 * window);
+}
+
+#[test]
+fn auto_without_labels_asks_for_a_family_and_a_constant_channel_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.csv");
+    let mut text = String::from("time,x,stuck\n");
+    for i in 0..200 {
+        writeln!(text, "{},{},5", 1_767_225_600 + i, (i as f64 / 7.0).sin()).unwrap();
+    }
+    std::fs::write(&path, text).unwrap();
+    let mut o = TrainOptions::new(vec![path]);
+    o.columns.time_column = Some("time".into());
+    let err = run::train(&o, &ProgressBar::hidden()).unwrap_err();
+    assert!(matches!(err, TrainError::NeedLabels { .. }), "{err}");
+    o.family = Some(FamilyKind::Pca);
+    o.window_len = 1;
+    let err = run::train(&o, &ProgressBar::hidden()).unwrap_err();
+    assert!(err.to_string().contains("stuck"), "{err}");
+}
