@@ -16,6 +16,8 @@ use serde::Deserialize;
 
 /// Environment variable that overrides `uplink.token`.
 pub const ENV_UPLINK_TOKEN: &str = "OUTPOST_UPLINK_TOKEN";
+/// systemd credential (`LoadCredential=`) that overrides `uplink.token_file`.
+pub const CREDENTIAL_UPLINK_TOKEN: &str = "uplink-token";
 /// Environment variable that overrides `mqtt.password`.
 pub const ENV_MQTT_PASSWORD: &str = "OUTPOST_MQTT_PASSWORD";
 /// Environment variable that overrides `http.token` (when `[http]` is present).
@@ -40,6 +42,16 @@ pub struct GatewayConfig {
     /// HTTP push source: `POST /v1/readings`. At least one of `[mqtt]` and
     /// `[http]` must be present.
     pub http: Option<HttpSourceConfig>,
+    /// Watched drop directories for CSV/JSON/NDJSON/SenML files (`[[files]]`,
+    /// one per directory; `gateway/src/sources/files/config.rs`).
+    #[serde(default)]
+    pub files: Vec<crate::sources::files::FileSourceConfig>,
+    /// Sensor contracts, cleansing and de-duplication (`gateway/src/contracts/mod.rs`).
+    /// Absent: no contracts; de-duplication with the default window.
+    pub contracts: Option<crate::contracts::ContractsConfig>,
+    /// Clock-quality detection (`gateway/src/clock.rs`).
+    #[serde(default)]
+    pub clock: crate::clock::ClockConfig,
     /// Batched upload to the cloud sink.
     pub uplink: UplinkConfig,
     /// Admin HTTP server: `/metrics`, `/health`, `/ready`.
@@ -333,8 +345,14 @@ pub struct UplinkConfig {
     /// zstd level for batches (1..=19; 3 is a good default on a Pi).
     #[serde(default = "default_zstd_level")]
     pub compression_level: i32,
-    /// Extra CA certificate (PEM) to trust for the sink.
+    /// CA certificates (a PEM bundle: one or more) to trust for the sink, in
+    /// addition to the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM, leaf first) presented to the sink when it
+    /// requires mutual TLS (`tls.client_ca` on the sink). Needs `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -487,6 +505,17 @@ impl GatewayConfig {
         {
             self.uplink.token = Some(token);
         }
+        // Under systemd, `LoadCredential=uplink-token:/etc/outpost/uplink-token`
+        // hands the root-only token file to the (dynamic) service user; that
+        // copy wins over `uplink.token_file`, which the service cannot read.
+        if self.uplink.token.is_none()
+            && let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY")
+        {
+            let credential = Path::new(&dir).join(CREDENTIAL_UPLINK_TOKEN);
+            if credential.is_file() {
+                self.uplink.token_file = Some(credential);
+            }
+        }
         if let (Ok(pw), Some(mqtt)) = (std::env::var(ENV_MQTT_PASSWORD), self.mqtt.as_mut())
             && !pw.is_empty()
         {
@@ -541,7 +570,7 @@ impl GatewayConfig {
         if !(2..=64).contains(&self.limits.max_depth) {
             bad("limits.max_depth", "must be within 2..=64".into());
         }
-        if self.mqtt.is_none() && self.http.is_none() {
+        if self.mqtt.is_none() && self.http.is_none() && self.files.is_empty() {
             bad(
                 "mqtt",
                 "no source is configured; add an [mqtt] or an [http] section".into(),
@@ -642,6 +671,7 @@ impl GatewayConfig {
                 }
             }
         }
+        crate::sources::files::config::validate_all(&self.files, &mut p);
         let mut bad = |key: &str, message: String| {
             p.push(ConfigProblem {
                 key: key.into(),
@@ -693,6 +723,25 @@ impl GatewayConfig {
         if let Some(f) = &u.ca_file {
             check_file(&mut p, "uplink.ca_file", f);
         }
+        match (&u.client_cert, &u.client_key) {
+            (Some(c), Some(k)) => {
+                check_file(&mut p, "uplink.client_cert", c);
+                check_file(&mut p, "uplink.client_key", k);
+            }
+            (None, None) => {}
+            (Some(_), None) => p.push(ConfigProblem {
+                key: "uplink.client_key".into(),
+                message: "uplink.client_cert needs uplink.client_key".into(),
+            }),
+            (None, Some(_)) => p.push(ConfigProblem {
+                key: "uplink.client_cert".into(),
+                message: "uplink.client_key needs uplink.client_cert".into(),
+            }),
+        }
+        if let Some(c) = &self.contracts {
+            c.validate("contracts", &mut p);
+        }
+        self.clock.validate("clock", &mut p);
         p
     }
 }

@@ -22,6 +22,30 @@ pub struct Envelope {
     pub content: Content,
     /// Resolved after the group commit that covers this envelope.
     pub done: Option<oneshot::Sender<Commit>>,
+    /// A source cursor stored in the same atomic outbox batch as this
+    /// envelope's readings (see [`Checkpoint`]).
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// A source's durable cursor (file offset, SQL cursor value, ETag…).
+///
+/// The ingest stage writes it in the **same** sled batch as the readings of
+/// the envelope that carries it, so "readings durable" and "cursor advanced"
+/// are one atomic step: after a crash either both are there or neither is.
+/// An envelope with `Content::Readings(vec![])` and a checkpoint only
+/// advances the cursor. A checkpoint on a `Content::Rejected` envelope is
+/// ignored (quarantine lives in another tree, which no batch spans): send the
+/// reject first and the cursor on a following, possibly empty, readings
+/// envelope.
+///
+/// Read the last durable value back with
+/// [`Outbox::checkpoint`](crate::outbox::Outbox::checkpoint). Keys are
+/// namespaced by source: `file:<name>`, `sql:<source name>`,
+/// `rest:<source name>`. The value is opaque to the gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub key: String,
+    pub value: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -49,6 +73,7 @@ impl Envelope {
                 received,
                 content,
                 done: Some(tx),
+                checkpoint: None,
             },
             rx,
         )
@@ -61,7 +86,18 @@ impl Envelope {
             received,
             content,
             done: None,
+            checkpoint: None,
         }
+    }
+
+    /// Attaches a source cursor, stored atomically with this envelope's
+    /// readings (see [`Checkpoint`]).
+    pub fn with_checkpoint(mut self, key: impl Into<String>, value: Vec<u8>) -> Self {
+        self.checkpoint = Some(Checkpoint {
+            key: key.into(),
+            value,
+        });
+        self
     }
 
     pub(crate) fn finish(&mut self, result: Commit) {

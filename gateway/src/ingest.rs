@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, warn};
 
 use crate::config::IngestConfig;
-use crate::envelope::{Commit, Content, Envelope};
+use crate::envelope::{Checkpoint, Commit, Content, Envelope};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxError, QuarantineEntry};
 
@@ -30,6 +30,8 @@ pub struct Ingest {
     metrics: Metrics,
     cfg: IngestConfig,
     quarantine_payload_bytes: usize,
+    /// Contracts, de-duplication and clock stamping of readings (`prepare`).
+    validation: crate::contracts::stage::Validation,
 }
 
 /// One envelope's work, prepared off the async runtime.
@@ -37,6 +39,9 @@ enum Job {
     Append {
         encoded: Vec<Vec<u8>>,
         readings: u64,
+        /// Source cursors written in the same outbox batch as these records
+        /// (the envelope's checkpoint; after a failed chunk, the chunk's).
+        checkpoints: Vec<Checkpoint>,
     },
     Quarantine(QuarantineEntry),
 }
@@ -53,7 +58,15 @@ impl Ingest {
             metrics,
             cfg,
             quarantine_payload_bytes,
+            validation: crate::contracts::stage::Validation::passthrough(),
         }
+    }
+
+    /// Replaces the default validation (no contracts, default de-duplication,
+    /// the system clock) with one built from the config.
+    pub fn with_validation(mut self, validation: crate::contracts::stage::Validation) -> Self {
+        self.validation = validation;
+        self
     }
 
     /// Runs until every sender of `rx` is dropped and the queue is drained.
@@ -90,20 +103,28 @@ impl Ingest {
     fn prepare(&self, envelope: &mut Envelope) -> Job {
         let content = std::mem::replace(&mut envelope.content, Content::Readings(Vec::new()));
         match content {
-            Content::Readings(readings) => match Outbox::encode(&readings) {
-                Ok(encoded) => Job::Append {
-                    readings: readings.len() as u64,
-                    encoded,
-                },
-                Err(e) => Job::Quarantine(QuarantineEntry {
-                    received: envelope.received,
-                    origin: envelope.origin.clone(),
-                    reason: "encode_failed".into(),
-                    detail: e.to_string(),
-                    payload: Vec::new(),
-                    payload_len: 0,
-                }),
-            },
+            Content::Readings(readings) => {
+                // Contracts, de-duplication, clock stamps: rejected readings
+                // are quarantined here, the others come back encoded.
+                let (readings, encoded) =
+                    self.validation
+                        .apply(envelope, readings, &self.outbox, &self.metrics);
+                match encoded {
+                    Ok(encoded) => Job::Append {
+                        readings: readings.len() as u64,
+                        encoded,
+                        checkpoints: envelope.checkpoint.take().into_iter().collect(),
+                    },
+                    Err(e) => Job::Quarantine(QuarantineEntry {
+                        received: envelope.received,
+                        origin: envelope.origin.clone(),
+                        reason: "encode_failed".into(),
+                        detail: e.to_string(),
+                        payload: Vec::new(),
+                        payload_len: 0,
+                    }),
+                }
+            }
             Content::Rejected {
                 error,
                 mut payload,
@@ -256,12 +277,17 @@ fn write_jobs(
     stats.next_job = start;
     while i < jobs.len() {
         let mut chunk: Vec<Vec<u8>> = Vec::new();
+        let mut chunk_checkpoints: Vec<Checkpoint> = Vec::new();
         let mut chunk_readings = 0u64;
         let mut chunk_cost = 0u64;
         let mut j = i;
         while j < jobs.len() {
             match &mut jobs[j] {
-                Job::Append { encoded, readings } => {
+                Job::Append {
+                    encoded,
+                    readings,
+                    checkpoints,
+                } => {
                     let cost = Outbox::cost(encoded);
                     if cost > outbox.max_bytes() {
                         let entry = QuarantineEntry {
@@ -279,12 +305,15 @@ fn write_jobs(
                         stats.quarantined.push(TOO_BIG_FOR_OUTBOX.into());
                         *encoded = Vec::new();
                         *readings = 0;
+                        // Its readings are settled (quarantined): the cursor moves on.
+                        chunk_checkpoints.append(checkpoints);
                     } else if !chunk.is_empty() && chunk_cost + cost > chunk_cap {
                         break;
                     } else {
                         chunk_cost += cost;
                         chunk_readings += *readings;
                         chunk.append(encoded);
+                        chunk_checkpoints.append(checkpoints);
                         *readings = 0;
                     }
                 }
@@ -297,7 +326,7 @@ fn write_jobs(
             }
             j += 1;
         }
-        match outbox.append_encoded(&chunk) {
+        match outbox.append_with_checkpoints(&chunk, &chunk_checkpoints) {
             Ok(outcome) => {
                 stats.readings += chunk_readings;
                 stats.dropped += outcome.dropped;
@@ -306,7 +335,7 @@ fn write_jobs(
             }
             Err(e) => {
                 // Put the chunk back so a retry writes exactly the same records.
-                restore_chunk(jobs, i, j, chunk, chunk_readings);
+                restore_chunk(jobs, i, j, chunk, chunk_readings, chunk_checkpoints);
                 if matches!(e, OutboxError::Full { .. }) {
                     // Make the chunks already written durable, and so readable
                     // by the uplink, which is what frees the space we wait for.
@@ -321,14 +350,27 @@ fn write_jobs(
 }
 
 /// Undo of the `append` moves above for jobs `i..j`: the whole chunk goes back
-/// into the first append job of the range (the others stay empty).
-fn restore_chunk(jobs: &mut [Job], i: usize, j: usize, chunk: Vec<Vec<u8>>, chunk_readings: u64) {
-    if let Some(Job::Append { encoded, readings }) = jobs[i..j]
+/// into the first append job of the range (the others stay empty), with its
+/// checkpoints in their original order (a later one with the same key wins).
+fn restore_chunk(
+    jobs: &mut [Job],
+    i: usize,
+    j: usize,
+    chunk: Vec<Vec<u8>>,
+    chunk_readings: u64,
+    chunk_checkpoints: Vec<Checkpoint>,
+) {
+    if let Some(Job::Append {
+        encoded,
+        readings,
+        checkpoints,
+    }) = jobs[i..j]
         .iter_mut()
         .find(|job| matches!(job, Job::Append { .. }))
     {
         *encoded = chunk;
         *readings = chunk_readings;
+        *checkpoints = chunk_checkpoints;
     }
 }
 
@@ -416,6 +458,103 @@ mod tests {
             "payload kept up to the configured bytes"
         );
         assert_eq!(outbox.depth(), 0);
+    }
+
+    #[tokio::test]
+    async fn checkpoints_are_stored_with_their_readings_and_alone_for_empty_envelopes() {
+        let (dir, outbox, metrics) = setup(1 << 20, WhenFull::Block);
+        let (tx, rx) = mpsc::channel(100);
+        let ingest = Ingest::new(outbox.clone(), metrics, IngestConfig::default(), 64);
+        let mut receivers = Vec::new();
+        for i in 0..20 {
+            let (e, done) = envelope(i);
+            tx.send(e.with_checkpoint("file:a", i.to_string().into_bytes()))
+                .await
+                .unwrap();
+            receivers.push(done);
+        }
+        let (empty, done) = Envelope::new("test".into(), Timestamp(0), Content::Readings(vec![]));
+        tx.send(empty.with_checkpoint("sql:s", b"cursor".to_vec()))
+            .await
+            .unwrap();
+        receivers.push(done);
+        drop(tx);
+        ingest.run(rx, watch::channel(false).1).await;
+        for done in receivers {
+            assert_eq!(done.await.unwrap(), Commit::Durable);
+        }
+        drop(outbox);
+        let reopened = Outbox::open(
+            dir.path(),
+            &StorageConfig {
+                cache_capacity: ByteSize::mib(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(reopened.depth(), 20);
+        assert_eq!(
+            reopened.checkpoint("file:a").unwrap(),
+            Some(b"19".to_vec()),
+            "the last envelope's cursor wins"
+        );
+        assert_eq!(
+            reopened.checkpoint("sql:s").unwrap(),
+            Some(b"cursor".to_vec())
+        );
+    }
+
+    #[tokio::test]
+    async fn when_a_full_outbox_stops_a_group_midway_the_checkpoint_matches_the_stored_readings() {
+        let (dir, outbox, metrics) = setup(4_000, WhenFull::Block);
+        let (tx, rx) = mpsc::channel(1000);
+        let ingest = Ingest::new(outbox.clone(), metrics.clone(), IngestConfig::default(), 64);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(ingest.run(rx, stop_rx));
+        for i in 0..200 {
+            let (e, _done) = envelope(i);
+            tx.send(e.with_checkpoint("file:a", i.to_string().into_bytes()))
+                .await
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while metrics.outbox_full_waits.get() == 0 {
+            assert!(Instant::now() < deadline, "the outbox never filled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Abandon the blocked group (and everything after it), as on shutdown.
+        stop.send(true).unwrap();
+        drop(tx);
+        task.await.unwrap();
+        outbox.flush().unwrap();
+        drop(outbox);
+        let reopened = Outbox::open(
+            dir.path(),
+            &StorageConfig {
+                cache_capacity: ByteSize::mib(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let stored: Vec<i64> = reopened
+            .read_batch(0, usize::MAX, u64::MAX)
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let r = r.item.reading();
+                r.ts.0
+            })
+            .collect();
+        assert!(!stored.is_empty() && stored.len() < 200, "{stored:?}");
+        let cursor: i64 = String::from_utf8(reopened.checkpoint("file:a").unwrap().unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            stored,
+            (0..=cursor).collect::<Vec<_>>(),
+            "the cursor covers exactly the stored readings"
+        );
     }
 
     #[tokio::test]

@@ -17,6 +17,13 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// A sensor-contract rule that fired, and what was done about it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ViolationLabel {
+    pub reason: &'static str,
+    pub action: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: u16,
@@ -47,6 +54,15 @@ pub struct Metrics {
     pub mqtt_connected: Gauge,
     pub mqtt_connections: Counter,
     pub http_requests: Family<StatusLabel, Counter>,
+    pub readings_deduplicated: Counter,
+    pub contract_violations: Family<ViolationLabel, Counter>,
+    pub contract_series: Gauge,
+    pub contract_series_evicted: Counter,
+    pub clock_synchronized: Gauge,
+    pub clock_resolved: Family<OutcomeLabel, Counter>,
+    pub files_readings: Family<crate::sources::files::FileSourceLabel, Counter>,
+    pub files_bad_rows: Family<crate::sources::files::FileSourceLabel, Counter>,
+    pub files: Family<crate::sources::files::FileOutcomeLabel, Counter>,
 }
 
 impl Metrics {
@@ -74,6 +90,15 @@ impl Metrics {
             mqtt_connected: Gauge::default(),
             mqtt_connections: Counter::default(),
             http_requests: Family::default(),
+            readings_deduplicated: Counter::default(),
+            contract_violations: Family::default(),
+            contract_series: Gauge::default(),
+            contract_series_evicted: Counter::default(),
+            clock_synchronized: Gauge::default(),
+            clock_resolved: Family::default(),
+            files_readings: Family::default(),
+            files_bad_rows: Family::default(),
+            files: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("outpost_gateway");
         r.register(
@@ -182,6 +207,53 @@ impl Metrics {
             "Requests answered by the HTTP source, by status code",
             m.http_requests.clone(),
         );
+        r.register(
+            "readings_deduplicated",
+            "Readings dropped because their identity (device, channel, ts) was stored recently \
+             (bandwidth only: the sink's key is the exactly-once guarantee)",
+            m.readings_deduplicated.clone(),
+        );
+        r.register(
+            "contract_violations",
+            "Contract rules broken, by reason code and action (reject: quarantined; flag: quality bit)",
+            m.contract_violations.clone(),
+        );
+        r.register(
+            "contract_series",
+            "Series (device, channel) whose previous value is tracked for rate and stuck rules",
+            m.contract_series.clone(),
+        );
+        r.register(
+            "contract_series_evicted",
+            "Series evicted from the contract state table (LRU, contracts.max_series)",
+            m.contract_series_evicted.clone(),
+        );
+        r.register(
+            "clock_synchronized",
+            "1 while the gateway's wall clock is considered synchronised",
+            m.clock_synchronized.clone(),
+        );
+        r.register(
+            "clock_resolved",
+            "Readings stamped while the clock was unsynchronised, by what the uplink did: \
+             corrected, uncorrectable (earlier boot), unsynced (sent uncorrected)",
+            m.clock_resolved.clone(),
+        );
+        r.register(
+            "files_readings",
+            "Readings from dropped files made durable, by source",
+            m.files_readings.clone(),
+        );
+        r.register(
+            "files_bad_rows",
+            "Rows of dropped files that could not be read (quarantined and reported), by source",
+            m.files_bad_rows.clone(),
+        );
+        r.register(
+            "files",
+            "Dropped files finished, by source and outcome (done, failed)",
+            m.files.clone(),
+        );
         m
     }
 
@@ -191,6 +263,12 @@ impl Metrics {
             .set(i64::try_from(outbox.depth()).unwrap_or(i64::MAX));
         self.outbox_bytes
             .set(i64::try_from(outbox.bytes()).unwrap_or(i64::MAX));
+    }
+
+    pub fn contract_violation(&self, reason: &'static str, action: &'static str) {
+        self.contract_violations
+            .get_or_create(&ViolationLabel { reason, action })
+            .inc();
     }
 
     pub fn quarantine(&self, reason: &str) {

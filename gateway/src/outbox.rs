@@ -24,6 +24,12 @@
 //!   new epoch, so restarting sequence numbers at 1 cannot collide with the
 //!   `(gateway, epoch, seq)` keys the sink already holds.
 //!
+//! - `c:` + key (UTF-8) → a source's durable cursor ([`Checkpoint`]), written
+//!   in the same atomic batch as the records of the envelope that carried it
+//!   ([`Outbox::append_with_checkpoints`]), so a crash leaves both or neither.
+//!   Record deletion (`remove_range`, `drop_oldest`) only touches `r` keys and
+//!   never a checkpoint. Read with [`Outbox::checkpoint`].
+//!
 //! A separate tree `quarantine` keeps rejected payloads with a reason code,
 //! capped in bytes (oldest dropped first: quarantine is diagnostic data),
 //! under increasing ids (u64 BE). `m:quarantine_next` in the `outbox` tree,
@@ -41,6 +47,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::config::{StorageConfig, WhenFull};
+use crate::envelope::Checkpoint;
 
 const RECORD_PREFIX: u8 = b'r';
 const NEXT_SEQ_KEY: &[u8] = b"m:next_seq";
@@ -48,6 +55,8 @@ const EPOCH_KEY: &[u8] = b"m:epoch";
 /// The next quarantine id, stored by a purge (which may delete the newest
 /// entries) so that ids are not reused after it.
 const QUARANTINE_NEXT_KEY: &[u8] = b"m:quarantine_next";
+/// Source cursors: `c:` + the checkpoint key.
+const CHECKPOINT_PREFIX: &[u8] = b"c:";
 /// Bytes counted against the cap per record besides its CBOR (its length
 /// prefix and a share of its segment's key and header).
 const RECORD_OVERHEAD: u64 = 8;
@@ -166,6 +175,10 @@ fn record_key(seq: u64) -> [u8; 9] {
 fn key_seq(key: &[u8]) -> Option<u64> {
     let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
     Some(u64::from_be_bytes(bytes))
+}
+
+fn checkpoint_key(key: &str) -> Vec<u8> {
+    [CHECKPOINT_PREFIX, key.as_bytes()].concat()
 }
 
 fn record_cost(value_len: usize) -> u64 {
@@ -366,7 +379,26 @@ impl Outbox {
     /// writes nothing; `drop_oldest` deletes the oldest records in the same
     /// atomic batch and reports how many.
     pub fn append_encoded(&self, encoded: &[Vec<u8>]) -> Result<AppendOutcome, OutboxError> {
+        self.append_with_checkpoints(encoded, &[])
+    }
+
+    /// [`Outbox::append_encoded`], and in the same atomic sled batch the
+    /// source cursors `checkpoints` (a later one with the same key wins). With
+    /// no records the checkpoints alone are written. When the append fails
+    /// (`Full`, `TooBigForOutbox`, storage), no checkpoint is written either.
+    pub fn append_with_checkpoints(
+        &self,
+        encoded: &[Vec<u8>],
+        checkpoints: &[Checkpoint],
+    ) -> Result<AppendOutcome, OutboxError> {
         if encoded.is_empty() {
+            if !checkpoints.is_empty() {
+                let mut batch = sled::Batch::default();
+                for cp in checkpoints {
+                    batch.insert(checkpoint_key(&cp.key), cp.value.as_slice());
+                }
+                self.tree.apply_batch(batch)?;
+            }
             return Ok(AppendOutcome::default());
         }
         let needed = Self::cost(encoded);
@@ -423,6 +455,9 @@ impl Outbox {
         }
         let next = first + encoded.len() as u64;
         batch.insert(NEXT_SEQ_KEY, &next.to_be_bytes());
+        for cp in checkpoints {
+            batch.insert(checkpoint_key(&cp.key), cp.value.as_slice());
+        }
         self.tree.apply_batch(batch)?;
         c.next_seq = next;
         c.records = c.records + encoded.len() as u64 - dropped;
@@ -431,6 +466,36 @@ impl Outbox {
             seqs: Some((first, next - 1)),
             dropped,
         })
+    }
+
+    /// The last value stored for the source cursor `key` (durable once the
+    /// append that wrote it was flushed; the ingest stage acknowledges only
+    /// after that flush), or `None` if there is none.
+    pub fn checkpoint(&self, key: &str) -> Result<Option<Vec<u8>>, OutboxError> {
+        Ok(self.tree.get(checkpoint_key(key))?.map(|v| v.to_vec()))
+    }
+
+    /// Every stored cursor whose key starts with `prefix` (e.g. `"file:"`),
+    /// in key order. Keys that are not UTF-8 (never written by this code) are
+    /// skipped.
+    pub fn checkpoints(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, OutboxError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(checkpoint_key(prefix)) {
+            let (k, v) = kv?;
+            if let Ok(key) = std::str::from_utf8(&k[CHECKPOINT_PREFIX.len()..]) {
+                out.push((key.to_owned(), v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes the cursor `key` (e.g. a file that was fully ingested and moved
+    /// away). Not flushed by itself: it becomes durable with the next flush, and
+    /// a removal lost in a crash leaves only a stale cursor, which a source
+    /// must recognise anyway (the file source keys on the file's identity).
+    pub fn remove_checkpoint(&self, key: &str) -> Result<(), OutboxError> {
+        self.tree.remove(checkpoint_key(key))?;
+        Ok(())
     }
 
     /// Makes everything written so far durable (one fsync of sled's log),
@@ -698,6 +763,21 @@ mod serde_bytes_compat {
 mod tests {
     use super::*;
 
+    /// Opens (or re-opens) with a 1 MiB cap. sled's worker threads may keep the
+    /// previous handle's file lock for a moment after it is dropped, so a
+    /// re-open in the same process retries briefly on `Locked`.
+    fn reopen(dir: &Path) -> Outbox {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Outbox::open(dir, &cfg(1 << 20, WhenFull::Block)) {
+                Err(OutboxError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => return r.unwrap(),
+            }
+        }
+    }
+
     fn cfg(max: u64, when_full: WhenFull) -> StorageConfig {
         StorageConfig {
             max_outbox_bytes: ByteSize::b(max),
@@ -716,7 +796,7 @@ mod tests {
     #[test]
     fn appended_records_read_back_in_sequence_order() {
         let dir = tempfile::tempdir().unwrap();
-        let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
+        let ob = reopen(dir.path());
         let out = ob
             .append_encoded(&Outbox::encode(&readings(5, 0)).unwrap())
             .unwrap();
@@ -740,7 +820,7 @@ mod tests {
     fn sequence_numbers_are_never_reused_after_everything_was_deleted_and_reopened() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
+            let ob = reopen(dir.path());
             ob.append_encoded(&Outbox::encode(&readings(3, 0)).unwrap())
                 .unwrap();
             ob.flush().unwrap();
@@ -748,7 +828,7 @@ mod tests {
             ob.flush().unwrap();
             assert_eq!(ob.depth(), 0);
         }
-        let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
+        let ob = reopen(dir.path());
         assert_eq!(ob.next_seq(), 4);
         assert_ne!(ob.epoch(), 0);
         let out = ob
@@ -825,13 +905,13 @@ mod tests {
     fn byte_accounting_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let (bytes, depth) = {
-            let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
+            let ob = reopen(dir.path());
             ob.append_encoded(&Outbox::encode(&readings(7, 0)).unwrap())
                 .unwrap();
             ob.flush().unwrap();
             (ob.bytes(), ob.depth())
         };
-        let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
+        let ob = reopen(dir.path());
         assert_eq!((ob.bytes(), ob.depth()), (bytes, depth));
     }
 
@@ -848,7 +928,7 @@ mod tests {
         ob.flush().unwrap();
         let all = ob.read_batch(0, usize::MAX, u64::MAX).unwrap();
         assert_eq!(seqs(&all), (1..=1000).collect::<Vec<_>>());
-        let OutboxItem::Reading(r) = &all[999].item;
+        let r = all[999].item.reading();
         assert_eq!(r.ts, Timestamp(999));
         // From the middle of a segment, across segment boundaries.
         assert_eq!(
@@ -962,7 +1042,7 @@ mod tests {
     #[test]
     fn a_quarantine_entry_is_found_by_its_id_and_a_missing_id_is_none() {
         let dir = tempfile::tempdir().unwrap();
-        let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
+        let ob = reopen(dir.path());
         ob.quarantine(&entry(1, "syntax", b"{oops")).unwrap();
         ob.quarantine(&entry(2, "too_large", &[0xff, 0x00]))
             .unwrap();
@@ -982,7 +1062,7 @@ mod tests {
     #[test]
     fn listing_filters_by_reason_and_time() {
         let dir = tempfile::tempdir().unwrap();
-        let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
+        let ob = reopen(dir.path());
         for i in 0..6 {
             let reason = if i % 2 == 0 { "syntax" } else { "too_large" };
             ob.quarantine(&entry(i, reason, b"x")).unwrap();
@@ -1014,7 +1094,7 @@ mod tests {
     #[test]
     fn purging_by_reason_and_time_deletes_only_matches_and_keeps_the_byte_count_true() {
         let dir = tempfile::tempdir().unwrap();
-        let ob = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
+        let ob = reopen(dir.path());
         for i in 0..10 {
             let reason = if i < 5 { "syntax" } else { "non_finite_value" };
             ob.quarantine(&entry(i, reason, &vec![b'p'; 10 + i as usize]))
@@ -1077,10 +1157,158 @@ mod tests {
         assert!(list[0].0 >= 50, "ids are not reused after a purge");
     }
 
+    fn cp(key: &str, value: &[u8]) -> Checkpoint {
+        Checkpoint {
+            key: key.into(),
+            value: value.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_written_with_readings_is_there_with_them_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ob = reopen(dir.path());
+            assert_eq!(ob.checkpoint("file:a.csv").unwrap(), None);
+            let out = ob
+                .append_with_checkpoints(
+                    &Outbox::encode(&readings(4, 0)).unwrap(),
+                    &[cp("file:a.csv", b"one"), cp("sql:s", b"x")],
+                )
+                .unwrap();
+            assert_eq!(out.seqs, Some((1, 4)));
+            // A later checkpoint with the same key in one batch wins.
+            ob.append_with_checkpoints(
+                &Outbox::encode(&readings(2, 10)).unwrap(),
+                &[cp("file:a.csv", b"two"), cp("file:a.csv", b"three")],
+            )
+            .unwrap();
+            ob.flush().unwrap();
+        }
+        let ob = reopen(dir.path());
+        assert_eq!(ob.depth(), 6);
+        assert_eq!(
+            ob.checkpoint("file:a.csv").unwrap(),
+            Some(b"three".to_vec())
+        );
+        assert_eq!(ob.checkpoint("sql:s").unwrap(), Some(b"x".to_vec()));
+        assert_eq!(
+            ob.checkpoints("file:").unwrap(),
+            vec![("file:a.csv".to_owned(), b"three".to_vec())]
+        );
+        // Checkpoint keys are not records: counters and reads ignore them.
+        assert_eq!(
+            seqs(&ob.read_batch(0, usize::MAX, u64::MAX).unwrap()),
+            (1..=6).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_without_readings_is_written_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ob = reopen(dir.path());
+            let out = ob
+                .append_with_checkpoints(&[], &[cp("rest:api", b"etag")])
+                .unwrap();
+            assert_eq!(out, AppendOutcome::default());
+            ob.flush().unwrap();
+        }
+        let ob = reopen(dir.path());
+        assert_eq!(ob.checkpoint("rest:api").unwrap(), Some(b"etag".to_vec()));
+        assert_eq!((ob.depth(), ob.next_seq()), (0, 1));
+        ob.remove_checkpoint("rest:api").unwrap();
+        assert_eq!(ob.checkpoint("rest:api").unwrap(), None);
+    }
+
+    #[test]
+    fn a_failed_append_writes_neither_readings_nor_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ob = Outbox::open(dir.path(), &cfg(2_000, WhenFull::Block)).unwrap();
+            ob.append_with_checkpoints(
+                &Outbox::encode(&readings(10, 0)).unwrap(),
+                &[cp("file:f", b"before")],
+            )
+            .unwrap();
+            let depth = ob.depth();
+            let mut full = false;
+            let mut last_ok = b"before".to_vec();
+            for i in 1..100 {
+                let value = format!("at {i}").into_bytes();
+                match ob.append_with_checkpoints(
+                    &Outbox::encode(&readings(10, 100 * i)).unwrap(),
+                    &[cp("file:f", &value)],
+                ) {
+                    Ok(_) => last_ok = value,
+                    Err(OutboxError::Full { .. }) => {
+                        full = true;
+                        break;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+                assert_eq!(ob.checkpoint("file:f").unwrap(), Some(last_ok.clone()));
+            }
+            // The refused batch left the last cursor alone.
+            assert_eq!(ob.checkpoint("file:f").unwrap(), Some(last_ok));
+            assert!(full, "the cap was never reached");
+            assert!(ob.depth() >= depth);
+            // Too big for the whole outbox: refused up front, cursor untouched.
+            let last = ob.checkpoint("file:f").unwrap();
+            assert!(matches!(
+                ob.append_with_checkpoints(
+                    &Outbox::encode(&readings(500, 0)).unwrap(),
+                    &[cp("file:f", b"never"), cp("file:g", b"never")],
+                ),
+                Err(OutboxError::TooBigForOutbox { .. })
+            ));
+            assert_eq!(ob.checkpoint("file:f").unwrap(), last);
+            assert_eq!(ob.checkpoint("file:g").unwrap(), None);
+            ob.flush().unwrap();
+        }
+        let ob = Outbox::open(dir.path(), &cfg(2_000, WhenFull::Block)).unwrap();
+        assert_eq!(ob.checkpoint("file:g").unwrap(), None);
+        assert_ne!(ob.checkpoint("file:f").unwrap(), Some(b"never".to_vec()));
+    }
+
+    #[test]
+    fn dropping_or_removing_records_never_touches_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), &cfg(2_000, WhenFull::DropOldest)).unwrap();
+        let mut dropped = 0;
+        for i in 0..50 {
+            dropped += ob
+                .append_with_checkpoints(
+                    &Outbox::encode(&readings(5, 10 * i)).unwrap(),
+                    &[cp(&format!("file:{i}"), b"v")],
+                )
+                .unwrap()
+                .dropped;
+        }
+        assert!(dropped > 0, "drop_oldest never ran");
+        ob.flush().unwrap();
+        let all = ob.read_batch(0, usize::MAX, u64::MAX).unwrap();
+        let (first, last) = (all[0].seq, all.last().unwrap().seq);
+        assert_eq!(ob.remove_range(first, last).unwrap(), all.len() as u64);
+        assert_eq!(ob.depth(), 0);
+        assert_eq!(ob.checkpoints("file:").unwrap().len(), 50);
+        for i in 0..50 {
+            assert_eq!(
+                ob.checkpoint(&format!("file:{i}")).unwrap(),
+                Some(b"v".to_vec())
+            );
+        }
+        ob.flush().unwrap();
+        drop(ob);
+        let ob = Outbox::open(dir.path(), &cfg(2_000, WhenFull::DropOldest)).unwrap();
+        assert_eq!((ob.depth(), ob.bytes()), (0, 0));
+        assert_eq!(ob.checkpoints("").unwrap().len(), 50);
+    }
+
     #[test]
     fn a_second_open_of_a_locked_database_says_it_is_locked() {
         let dir = tempfile::tempdir().unwrap();
-        let _held = Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)).unwrap();
+        let _held = reopen(dir.path());
         match Outbox::open(dir.path(), &cfg(1 << 20, WhenFull::Block)) {
             Err(OutboxError::Locked { path }) => assert_eq!(path, dir.path()),
             other => panic!("expected Locked, got {other:?}"),

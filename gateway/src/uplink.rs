@@ -40,6 +40,17 @@ pub enum UplinkError {
         path: String,
         source: reqwest::Error,
     },
+    #[error("cannot read client certificate or key {path}: {source}")]
+    ClientCertFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid client certificate/key in {cert} + {key}: {source}")]
+    ClientCert {
+        cert: String,
+        key: String,
+        source: reqwest::Error,
+    },
     #[error("invalid sink URL: {0}")]
     Url(String),
     #[error("HTTP client: {0}")]
@@ -54,24 +65,42 @@ enum PostOutcome {
     Retry(String),
 }
 
+/// Everything the uplink derives from `[uplink]`: the settings, the token
+/// (read from `token_file` if needed) and an HTTP client with the CA bundle and
+/// client certificate. Built whole, so a reload (SIGHUP) can swap it in one
+/// step through [`Uplink::settings_sender`]; the uplink picks it up before its
+/// next batch or retry.
 #[derive(Debug)]
-pub struct Uplink {
-    gateway_id: String,
+pub struct UplinkSettings {
+    pub cfg: UplinkConfig,
     endpoint: reqwest::Url,
     token: String,
     client: reqwest::Client,
-    cfg: UplinkConfig,
-    outbox: Arc<Outbox>,
-    metrics: Metrics,
 }
 
-impl Uplink {
-    pub fn new(
-        gateway_id: String,
-        cfg: UplinkConfig,
-        outbox: Arc<Outbox>,
-        metrics: Metrics,
-    ) -> Result<Self, UplinkError> {
+/// The channel a reload sends new uplink settings on.
+pub type SettingsSender = Arc<watch::Sender<Arc<UplinkSettings>>>;
+
+#[derive(Debug)]
+pub struct Uplink {
+    gateway_id: String,
+    /// Kept so `live.changed()` never errors while the uplink runs.
+    live_tx: SettingsSender,
+    live: watch::Receiver<Arc<UplinkSettings>>,
+    outbox: Arc<Outbox>,
+    metrics: Metrics,
+    /// Resolves clock-pending records (correction) before a batch is built.
+    clock: Arc<crate::clock::ClockMonitor>,
+}
+
+impl UplinkSettings {
+    /// The bearer token in use.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Reads the token and certificate files and builds the HTTP client.
+    pub fn build(cfg: UplinkConfig) -> Result<Self, UplinkError> {
         let token = match (&cfg.token, &cfg.token_file) {
             (Some(t), _) => t.trim().to_owned(),
             (None, Some(path)) => std::fs::read_to_string(path)
@@ -97,23 +126,108 @@ impl Uplink {
                 path: path.display().to_string(),
                 source,
             })?;
-            let cert =
-                reqwest::Certificate::from_pem(&pem).map_err(|source| UplinkError::CaCert {
+            // A bundle: every certificate in the file is trusted.
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+                UplinkError::CaCert {
                     path: path.display().to_string(),
                     source,
+                }
+            })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let (Some(cert), Some(key)) = (&cfg.client_cert, &cfg.client_key) {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|source| UplinkError::ClientCertFile {
+                    path: p.display().to_string(),
+                    source,
+                })
+            };
+            let mut pem = read(cert)?;
+            pem.push(b'\n');
+            pem.extend(read(key)?);
+            let identity =
+                reqwest::Identity::from_pem(&pem).map_err(|source| UplinkError::ClientCert {
+                    cert: cert.display().to_string(),
+                    key: key.display().to_string(),
+                    source,
                 })?;
-            builder = builder.add_root_certificate(cert);
+            builder = builder.identity(identity);
         }
         let client = builder.build().map_err(UplinkError::Client)?;
-        Ok(Uplink {
-            gateway_id,
+        Ok(UplinkSettings {
+            cfg,
             endpoint,
             token,
             client,
-            cfg,
+        })
+    }
+}
+
+impl Uplink {
+    pub fn new(
+        gateway_id: String,
+        cfg: UplinkConfig,
+        outbox: Arc<Outbox>,
+        metrics: Metrics,
+    ) -> Result<Self, UplinkError> {
+        let (live_tx, live) = watch::channel(Arc::new(UplinkSettings::build(cfg)?));
+        Ok(Uplink {
+            gateway_id,
+            live_tx: Arc::new(live_tx),
+            live,
             outbox,
             metrics,
+            clock: Arc::new(crate::clock::ClockMonitor::system(
+                &crate::clock::ClockConfig::default(),
+            )),
         })
+    }
+
+    /// Uses `clock` (the gateway's, shared with ingest) to correct records
+    /// stamped while the clock was unsynchronised.
+    pub fn with_clock(mut self, clock: Arc<crate::clock::ClockMonitor>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Outbox records as they may leave: clock-pending ones corrected (or
+    /// flagged) by [`crate::clock::resolve`]; counts of what was done.
+    fn resolve_clock(&self, records: &[OutboxRecord]) -> (Vec<OutboxRecord>, [u64; 3]) {
+        use crate::clock::Resolution;
+        let mut counts = [0u64; 3];
+        if !records
+            .iter()
+            .any(|r| matches!(r.item, protocol::batch::OutboxItem::ClockPending { .. }))
+        {
+            return (records.to_vec(), counts);
+        }
+        let correction = self.clock.correction();
+        let boot = self.clock.boot_id();
+        let out = records
+            .iter()
+            .map(|r| {
+                let (item, how) = crate::clock::resolve(r.item.clone(), correction.as_ref(), &boot);
+                match how {
+                    Resolution::Plain => {}
+                    Resolution::Corrected => counts[0] += 1,
+                    Resolution::Uncorrectable => counts[1] += 1,
+                    Resolution::StillUnsynced => counts[2] += 1,
+                }
+                OutboxRecord { seq: r.seq, item }
+            })
+            .collect();
+        (out, counts)
+    }
+
+    /// Where a reload sends new settings.
+    pub fn settings_sender(&self) -> SettingsSender {
+        self.live_tx.clone()
+    }
+
+    fn settings(&self) -> Arc<UplinkSettings> {
+        self.live.borrow().clone()
     }
 
     /// Runs until `shutdown` flips; an in-flight request is abandoned (its
@@ -122,16 +236,20 @@ impl Uplink {
         let mut cursor = 0u64;
         let mut waiting_since: Option<Instant> = None;
         let mut last_success = Instant::now();
+        let mut live = self.live.clone();
         loop {
             if *shutdown.borrow() {
                 break;
             }
             self.update_lag(last_success);
             let outbox = self.outbox.clone();
+            let settings = self.settings();
             let (max_records, max_bytes) = (
-                self.cfg.max_batch_records,
-                self.cfg.max_batch_bytes.as_u64(),
+                settings.cfg.max_batch_records,
+                settings.cfg.max_batch_bytes.as_u64(),
             );
+            let linger = settings.cfg.linger;
+            drop(settings);
             let records = match tokio::task::spawn_blocking(move || {
                 outbox.read_batch(cursor, max_records, max_bytes)
             })
@@ -164,10 +282,12 @@ impl Uplink {
             // Linger for a fuller batch, counted from when records first appeared.
             let full = records.len() >= max_records;
             let since = *waiting_since.get_or_insert_with(Instant::now);
-            if !full && since.elapsed() < self.cfg.linger {
-                let remaining = self.cfg.linger - since.elapsed();
+            if !full && since.elapsed() < linger {
+                let remaining = linger - since.elapsed();
                 tokio::select! {
                     () = tokio::time::sleep(remaining) => {}
+                    // New settings (reload): look again with the new linger.
+                    _ = live.changed() => {}
                     _ = shutdown.changed() => break,
                 }
                 continue;
@@ -201,7 +321,10 @@ impl Uplink {
         records: Vec<OutboxRecord>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Delivery {
-        let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
+        let mut backoff = {
+            let s = self.settings();
+            Backoff::new(s.cfg.backoff_min, s.cfg.backoff_max)
+        };
         let mut parts: VecDeque<Vec<OutboxRecord>> = VecDeque::from([records]);
         while let Some(part) = parts.pop_front() {
             loop {
@@ -267,11 +390,15 @@ impl Uplink {
     }
 
     async fn post(&self, records: &[OutboxRecord]) -> PostOutcome {
-        let batch = match UplinkBatch::new(self.gateway_id.clone(), records.to_vec()) {
+        let (records, clock_counts) = self.resolve_clock(records);
+        let batch = match UplinkBatch::new(self.gateway_id.clone(), records) {
             Ok(b) => b.with_epoch(self.outbox.epoch()),
             Err(e) => return PostOutcome::Retry(format!("cannot build batch: {e}")),
         };
-        let level = self.cfg.compression_level;
+        // Current settings: a reload (new token, CA, client certificate)
+        // applies from the next attempt on.
+        let settings = self.settings();
+        let level = settings.cfg.compression_level;
         let key = batch.idempotency_key();
         let body = match tokio::task::spawn_blocking(move || batch.encode(level)).await {
             Ok(Ok(b)) => b,
@@ -279,10 +406,10 @@ impl Uplink {
             Err(e) => return PostOutcome::Retry(format!("encoder panicked: {e}")),
         };
         let started = Instant::now();
-        let result = self
+        let result = settings
             .client
-            .post(self.endpoint.clone())
-            .bearer_auth(&self.token)
+            .post(settings.endpoint.clone())
+            .bearer_auth(&settings.token)
             .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
             .header(reqwest::header::CONTENT_ENCODING, CONTENT_ENCODING)
             .header("Idempotency-Key", key)
@@ -293,10 +420,21 @@ impl Uplink {
             .uplink_request_seconds
             .observe(started.elapsed().as_secs_f64());
         match result {
-            Err(e) => PostOutcome::Retry(format!("request failed: {e}")),
+            Err(e) => PostOutcome::Retry(format!("request failed: {}", error_chain(&e))),
             Ok(resp) => {
                 let status = resp.status();
                 if status.is_success() {
+                    for (outcome, n) in ["corrected", "uncorrectable", "unsynced"]
+                        .into_iter()
+                        .zip(clock_counts)
+                    {
+                        if n > 0 {
+                            self.metrics
+                                .clock_resolved
+                                .get_or_create(&crate::metrics::OutcomeLabel { outcome })
+                                .inc_by(n);
+                        }
+                    }
                     PostOutcome::Stored
                 } else if status == StatusCode::PAYLOAD_TOO_LARGE {
                     PostOutcome::TooLarge
@@ -360,4 +498,20 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) ->
         () = tokio::time::sleep(d) => *shutdown.borrow(),
         _ = shutdown.changed() => true,
     }
+}
+
+/// An error and its sources, `: `-separated: reqwest's own message omits the
+/// cause (e.g. "invalid peer certificate: Expired") that says what to fix.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }

@@ -13,7 +13,7 @@ use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
-use crate::reading::Reading;
+use crate::reading::{ClockStamp, Reading};
 
 /// The schema version this crate writes and the highest it reads.
 pub const SCHEMA_VERSION: u16 = 1;
@@ -36,6 +36,32 @@ pub struct OutboxRecord {
 #[serde(rename_all = "snake_case")]
 pub enum OutboxItem {
     Reading(Reading),
+    /// A reading the gateway timed while its clock was not synchronised
+    /// (flagged `CLOCK_UNSYNCED`), with the stamp that lets the uplink correct
+    /// it later. **Outbox-local:** the gateway resolves it into a plain
+    /// [`OutboxItem::Reading`] before a batch is built, so it never travels
+    /// ([`UplinkBatch::new`] and [`UplinkBatch::decode`] refuse it) and the
+    /// wire schema is unchanged.
+    ClockPending {
+        reading: Reading,
+        clock: ClockStamp,
+    },
+}
+
+impl OutboxItem {
+    /// The reading, whichever kind of item carries it.
+    pub fn reading(&self) -> &Reading {
+        match self {
+            OutboxItem::Reading(r) | OutboxItem::ClockPending { reading: r, .. } => r,
+        }
+    }
+
+    /// The reading, mutably.
+    pub fn reading_mut(&mut self) -> &mut Reading {
+        match self {
+            OutboxItem::Reading(r) | OutboxItem::ClockPending { reading: r, .. } => r,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -109,6 +135,8 @@ pub enum BatchError {
     Compression(std::io::Error),
     #[error("CBOR: {0}")]
     Cbor(String),
+    #[error("record {0} still carries an unresolved clock stamp (outbox-local item)")]
+    UnresolvedClock(u64),
 }
 
 impl UplinkBatch {
@@ -224,14 +252,19 @@ impl UplinkBatch {
         if let Some(i) = self.records.windows(2).position(|w| w[0].seq >= w[1].seq) {
             return Err(BatchError::OutOfOrder(i + 1));
         }
+        if let Some(r) = self
+            .records
+            .iter()
+            .find(|r| matches!(r.item, OutboxItem::ClockPending { .. }))
+        {
+            return Err(BatchError::UnresolvedClock(r.seq));
+        }
         Ok(())
     }
 
     /// The readings in the batch, in sequence order.
     pub fn readings(&self) -> impl Iterator<Item = (u64, &Reading)> {
-        self.records.iter().map(|r| match &r.item {
-            OutboxItem::Reading(reading) => (r.seq, reading),
-        })
+        self.records.iter().map(|r| (r.seq, r.item.reading()))
     }
 }
 
@@ -456,8 +489,7 @@ mod tests {
     #[test]
     fn decode_refuses_invalid_readings_inside_a_batch() {
         let mut b = batch([1]);
-        let OutboxItem::Reading(r) = &mut b.records[0].item;
-        r.channel = String::new();
+        b.records[0].item.reading_mut().channel = String::new();
         let e = UplinkBatch::decode(&raw_body(&b), &BatchLimits::default()).unwrap_err();
         assert!(matches!(e, BatchError::Cbor(_)), "{e:?}");
     }
@@ -481,5 +513,72 @@ mod tests {
         assert_eq!(window_log_for((1 << 20) + 1), 21);
         assert_eq!(window_log_for(64 << 20), 26);
         assert_eq!(window_log_for(usize::MAX), 27);
+    }
+
+    #[test]
+    fn a_clock_pending_item_round_trips_through_cbor_but_never_goes_into_a_batch() {
+        let mut rec = record(1);
+        let reading = rec.item.reading().clone();
+        rec.item = OutboxItem::ClockPending {
+            reading: reading.clone(),
+            clock: ClockStamp {
+                boot_id: "b".into(),
+                monotonic_ns: 42,
+            },
+        };
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&rec.item, &mut cbor).unwrap();
+        let back: OutboxItem = ciborium::from_reader(cbor.as_slice()).unwrap();
+        assert_eq!(back, rec.item);
+        assert_eq!(back.reading(), &reading);
+        assert!(matches!(
+            UplinkBatch::new("gw", vec![record(0), rec.clone()]),
+            Err(BatchError::UnresolvedClock(1))
+        ));
+        let b = UplinkBatch {
+            schema_version: SCHEMA_VERSION,
+            gateway_id: "gw".into(),
+            outbox_epoch: 0,
+            first_seq: 1,
+            last_seq: 1,
+            records: vec![rec],
+        };
+        assert!(matches!(
+            UplinkBatch::decode(&raw_body(&b), &BatchLimits::default()),
+            Err(BatchError::UnresolvedClock(1))
+        ));
+    }
+
+    #[test]
+    fn an_item_encoded_before_the_new_quality_flags_still_decodes() {
+        // Bytes of `OutboxItem::Reading` as the first release wrote them
+        // (quality 0b11 = TIME_FROM_RECEIVE | CLOCK_UNSYNCED).
+        use ciborium::Value;
+        let text = |s: &str| Value::Text(s.into());
+        let old = Value::Map(vec![(
+            text("reading"),
+            Value::Map(vec![
+                (text("device"), text("d")),
+                (text("channel"), text("c")),
+                (text("ts"), Value::Integer(5.into())),
+                (text("value"), Value::Float(1.5)),
+                (text("quality"), Value::Integer(3.into())),
+            ]),
+        )]);
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&old, &mut cbor).unwrap();
+        let item: OutboxItem = ciborium::from_reader(cbor.as_slice()).unwrap();
+        assert_eq!(
+            item.reading().quality,
+            Quality::TIME_FROM_RECEIVE | Quality::CLOCK_UNSYNCED
+        );
+        // And bits this version does not know survive a round trip (a newer
+        // gateway's flags reach an older sink intact).
+        let mut r = item.reading().clone();
+        r.quality = Quality::from_bits_retain(1 << 15 | 1);
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&OutboxItem::Reading(r.clone()), &mut cbor).unwrap();
+        let back: OutboxItem = ciborium::from_reader(cbor.as_slice()).unwrap();
+        assert_eq!(back.reading().quality.bits(), 1 << 15 | 1);
     }
 }

@@ -99,7 +99,36 @@ bitflags::bitflags! {
         const TIME_SKEW         = 1 << 5;
         /// The value was converted to the contract's canonical unit.
         const UNIT_CONVERTED    = 1 << 6;
+        /// The timestamp was stamped while the gateway's clock was not
+        /// synchronised and has since been corrected from the monotonic clock
+        /// (`CLOCK_UNSYNCED` is then cleared).
+        const CLOCK_CORRECTED   = 1 << 7;
+        /// Stamped while the clock was not synchronised, in an earlier boot of
+        /// the gateway: the monotonic stamp no longer maps to wall time, so the
+        /// timestamp could not be corrected (`CLOCK_UNSYNCED` stays set).
+        const CLOCK_UNCORRECTABLE = 1 << 8;
+        /// The contract's timestamp-skew rules were not applied because the
+        /// gateway's clock was not synchronised (there was nothing to compare with).
+        const SKEW_UNCHECKED    = 1 << 9;
+        /// A field the contract requires (unit, timestamp, sequence) was missing.
+        const MISSING_FIELD     = 1 << 10;
+        /// The unit differs from the contract's and cannot be converted to it;
+        /// the value is kept as sent (range and rate rules were not applied).
+        const UNIT_MISMATCH     = 1 << 11;
     }
+}
+
+/// Enough to correct a timestamp that the gateway took while its wall clock
+/// was not synchronised: which boot it was taken in, and the monotonic clock
+/// (`CLOCK_BOOTTIME`, which never steps and counts suspend) at that instant.
+/// Once the clock is synchronised, in the same boot, the correct wall time is
+/// `monotonic_ns + (wall − monotonic)` measured after the synchronisation.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ClockStamp {
+    /// `/proc/sys/kernel/random/boot_id` (or a per-process id where there is none).
+    pub boot_id: String,
+    /// `CLOCK_BOOTTIME` in nanoseconds when the reading was timed.
+    pub monotonic_ns: i64,
 }
 
 /// Why a reading is not a valid reading.

@@ -4,7 +4,10 @@
 //!
 //! - [`mqtt`] — MQTT 3.1.1 subscriber (rumqttc), external or embedded broker.
 //! - [`http`] — `POST /v1/readings`; 202 after the durable commit.
+//! - [`files`] — CSV/JSON/NDJSON/SenML files renamed into a watched directory (`[[files]]`);
+//!   read in chunks, each stored with its cursor, then moved to `done/` or `failed/` with a report.
 
+pub mod files;
 pub mod http;
 pub mod mqtt;
 
@@ -15,4 +18,6 @@ pub enum SourceError {
     Mqtt(#[from] mqtt::MqttSourceError),
     #[error(transparent)]
     Http(#[from] http::HttpSourceError),
+    #[error(transparent)]
+    Files(#[from] files::FileSourceError),
 }
