@@ -120,7 +120,7 @@ pub async fn spawn_with_storage(
 ) -> Result<RunningSink, SinkError> {
     let tls = match &config.tls {
         Some(tls) => match (&tls.cert, &tls.key) {
-            (Some(cert), Some(key)) => Some(load_tls(cert, key)?),
+            (Some(cert), Some(key)) => Some(load_tls(cert, key, tls.client_ca.as_deref())?),
             _ => return Err(SinkError::Tls("[tls] needs both cert and key".to_owned())),
         },
         None => None,
@@ -167,7 +167,9 @@ pub async fn spawn_with_storage(
 
 /// Builds the rustls server config with the aws-lc-rs provider passed
 /// explicitly (no process-wide default provider needed), HTTP/2 and HTTP/1.1.
-fn load_tls(cert: &Path, key: &Path) -> Result<RustlsConfig, SinkError> {
+/// With `client_ca`, every client must present a certificate that chains to
+/// one of its CAs (mutual TLS); the handshake fails otherwise.
+fn load_tls(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<RustlsConfig, SinkError> {
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|e| SinkError::Tls(format!("{}: {e}", cert.display())))?;
@@ -180,16 +182,41 @@ fn load_tls(cert: &Path, key: &Path) -> Result<RustlsConfig, SinkError> {
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| SinkError::Tls(format!("{}: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| SinkError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            SinkError::Tls(format!(
-                "certificate and key do not match or are unusable: {e}"
-            ))
-        })?;
+        .map_err(|e| SinkError::Tls(e.to_string()))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let cas = CertificateDer::pem_file_iter(path)
+                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| SinkError::Tls(format!("tls.client_ca {}: {e}", path.display())))?;
+            for ca in cas {
+                roots.add(ca).map_err(|e| {
+                    SinkError::Tls(format!("tls.client_ca {}: {e}", path.display()))
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(SinkError::Tls(format!(
+                    "tls.client_ca {}: no certificate found",
+                    path.display()
+                )));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| SinkError::Tls(format!("tls.client_ca: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut server = builder.with_single_cert(certs, key).map_err(|e| {
+        SinkError::Tls(format!(
+            "certificate and key do not match or are unusable: {e}"
+        ))
+    })?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(RustlsConfig::from_config(Arc::new(server)))
 }

@@ -21,6 +21,7 @@ async fn https_with_a_self_signed_certificate_serves_ingest_to_a_client_that_tru
     config.tls = Some(cloud_sink::config::TlsConfig {
         cert: Some(cert_path),
         key: Some(key_path),
+        client_ca: None,
     });
     assert!(config.validate().is_empty(), "{:?}", config.validate());
     let token = cloud_sink::admin::add_gateway(&config, "gw-a").unwrap();

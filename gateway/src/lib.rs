@@ -5,6 +5,8 @@
 //! - [`broker`] — the embedded MQTT broker (rumqttd), when configured.
 //! - [`sources`] — inputs (MQTT, HTTP push); decode payloads into envelopes, ack after commit.
 //! - [`envelope`] — what a source hands to ingest, and the commit result it gets back.
+//! - [`contracts`] — sensor contracts (units, range, rate, stuck, skew, required), de-duplication.
+//! - [`clock`] — is the wall clock synchronised; stamps and corrections of gateway-timed readings.
 //! - [`ingest`] — the single ingest task: quarantine rejects, append, group-commit, release acks.
 //! - [`outbox`] — the sled-backed durable outbox (sequence-ordered) and quarantine.
 //! - [`analysis`] — device frames and sliding windows for edge analytics (plain structs; not wired in yet).
@@ -12,17 +14,23 @@
 //! - [`backoff`] — exponential backoff with jitter (plain struct).
 //! - [`service`] — systemd: READY / STOPPING / WATCHDOG notifications.
 //! - [`metrics`] / [`admin`] — Prometheus metrics and the `/metrics` `/health` `/ready` server.
+//! - [`reload`] — SIGHUP: re-read and validate the config, apply what can change live.
+//! - [`selftest`] — `outpost-gateway self-test`: temporary outbox, real ingest, read back.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod analysis;
 pub mod backoff;
 pub mod broker;
+pub mod clock;
 pub mod config;
+pub mod contracts;
 pub mod envelope;
 pub mod ingest;
 pub mod metrics;
 pub mod outbox;
+pub mod reload;
+pub mod selftest;
 pub mod service;
 pub mod sources;
 pub mod uplink;
@@ -64,16 +72,31 @@ pub enum StartError {
     #[error(transparent)]
     Uplink(#[from] uplink::UplinkError),
     #[error(transparent)]
+    Contracts(#[from] contracts::ContractsError),
+    #[error(transparent)]
     Mqtt(#[from] sources::mqtt::MqttSourceError),
     #[error(transparent)]
     Http(#[from] sources::http::HttpSourceError),
+    #[error(transparent)]
+    Files(#[from] sources::files::FileSourceError),
 }
 
 /// Runs the gateway until `stop` resolves, then drains: sources stop, ingest
 /// commits what it has, pending acks go out, the outbox is flushed.
 pub async fn run(cfg: GatewayConfig, stop: impl Future<Output = ()>) -> Result<(), StartError> {
+    run_with_reload(cfg, None, stop).await
+}
+
+/// [`run`], and with `config_path` a SIGHUP re-reads that file and applies
+/// what can change live ([`reload`]).
+pub async fn run_with_reload(
+    cfg: GatewayConfig,
+    config_path: Option<std::path::PathBuf>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
+    let reload_metrics = reload::ReloadMetrics::new(&mut registry);
     let registry = Arc::new(registry);
 
     let path = cfg.storage.path.clone();
@@ -134,12 +157,19 @@ pub async fn run(cfg: GatewayConfig, stop: impl Future<Output = ()>) -> Result<(
             .map_err(|e| broker::BrokerError::Spawn(std::io::Error::other(e.to_string())))??;
     }
 
+    let clock = Arc::new(clock::ClockMonitor::system(&cfg.clock));
+    let validation =
+        contracts::stage::Validation::from_config(cfg.contracts.as_ref(), clock.clone())?;
+    // The live contract set, for reloads (SIGHUP).
+    let live_contracts = validation.contracts();
     let uplink = Uplink::new(
         cfg.gateway_id.clone(),
         cfg.uplink.clone(),
         outbox.clone(),
         metrics.clone(),
-    )?;
+    )?
+    .with_clock(clock);
+    let uplink_settings = uplink.settings_sender();
     let uplink_task = tokio::spawn(uplink.run(shutdown_rx.clone()));
 
     let (tx, rx) = mpsc::channel(cfg.ingest.queue_capacity);
@@ -148,7 +178,8 @@ pub async fn run(cfg: GatewayConfig, stop: impl Future<Output = ()>) -> Result<(
         metrics.clone(),
         cfg.ingest.clone(),
         usize::try_from(cfg.storage.quarantine_payload_bytes.as_u64()).unwrap_or(4096),
-    );
+    )
+    .with_validation(validation);
     let ingest_alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let ingest_task = {
         let alive = ingest_alive.clone();
@@ -167,17 +198,41 @@ pub async fn run(cfg: GatewayConfig, stop: impl Future<Output = ()>) -> Result<(
         let run = source.run(listener, tx.clone(), shutdown_rx.clone());
         source_tasks.push(tokio::spawn(async move { Ok(run.await?) }));
     }
+    let (subs_tx, subs_rx) = watch::channel(
+        mqtt_cfg
+            .as_ref()
+            .map(|m| m.subscriptions.clone())
+            .unwrap_or_default(),
+    );
     if let Some(m) = mqtt_cfg {
         let source = MqttSource::new(
             m,
             cfg.limits.decode_limits(),
             metrics.clone(),
             quarantine_payload_bytes,
-        );
+        )
+        .with_subscription_updates(subs_rx);
+        let run = source.run(tx.clone(), shutdown_rx.clone());
+        source_tasks.push(tokio::spawn(async move { Ok(run.await?) }));
+    }
+    for files in &cfg.files {
+        let source =
+            sources::files::FileSource::new(files.clone(), outbox.clone(), metrics.clone());
+        source.prepare()?;
         let run = source.run(tx.clone(), shutdown_rx.clone());
         source_tasks.push(tokio::spawn(async move { Ok(run.await?) }));
     }
     drop(tx);
+    // Before READY: from here on a SIGHUP reloads instead of terminating.
+    if let Some(path) = config_path {
+        let subs = cfg.mqtt.is_some().then_some(subs_tx);
+        let reloader =
+            reload::Reloader::new(path, cfg.clone(), uplink_settings, subs, reload_metrics)
+                .with_contracts(live_contracts);
+        if let Err(e) = reloader.spawn(shutdown_rx.clone()) {
+            warn!(error = %e, "Cannot install the SIGHUP handler; config reload is off.");
+        }
+    }
     info!(gateway = %cfg.gateway_id, "Gateway running.");
     service::ready("running");
     let watchdog = service::spawn_watchdog(ingest_alive);

@@ -44,6 +44,8 @@ pub struct MqttSource {
     metrics: Metrics,
     /// Bytes of a rejected payload kept for quarantine.
     quarantine_payload_bytes: usize,
+    /// New subscription lists from a config reload (SIGHUP).
+    subs_rx: Option<watch::Receiver<Vec<Subscription>>>,
 }
 
 /// A message waiting for its commit result before it can be acked.
@@ -66,7 +68,16 @@ impl MqttSource {
             limits,
             metrics,
             quarantine_payload_bytes,
+            subs_rx: None,
         }
+    }
+
+    /// Follow subscription changes sent on `rx` (config reload): topics no
+    /// longer listed are unsubscribed, new ones subscribed, and formats and
+    /// device levels apply to the next message.
+    pub fn with_subscription_updates(mut self, rx: watch::Receiver<Vec<Subscription>>) -> Self {
+        self.subs_rx = Some(rx);
+        self
     }
 
     fn options(&self) -> Result<MqttOptions, MqttSourceError> {
@@ -147,15 +158,36 @@ impl MqttSource {
         let mut pending_subscribes: Vec<String> = Vec::new();
         let mut staging: VecDeque<Staged> = VecDeque::new();
         let mut backoff = Backoff::new(self.cfg.reconnect_min, self.cfg.reconnect_max);
-        let subs = self.cfg.subscriptions.clone();
+        let mut subs = self.cfg.subscriptions.clone();
+        let mut subs_rx = self.subs_rx.clone();
+        let mut pending_unsubscribes: Vec<String> = Vec::new();
 
         loop {
             self.send_acks(&mut gate, &client);
+            pending_unsubscribes.retain(|t| client.try_unsubscribe(t.clone()).is_err());
             pending_subscribes
                 .retain(|t| client.try_subscribe(t.clone(), QoS::AtLeastOnce).is_err());
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
+                changed = async {
+                    match subs_rx.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let Some(rx) = subs_rx.as_mut().filter(|_| changed.is_ok()) else {
+                        subs_rx = None;
+                        continue;
+                    };
+                    let new = rx.borrow_and_update().clone();
+                    let (add, remove) = subscription_changes(&subs, &new);
+                    info!(subscribe = ?add, unsubscribe = ?remove, "MQTT subscriptions reloaded.");
+                    pending_subscribes.retain(|t| !remove.contains(t));
+                    pending_subscribes.extend(add);
+                    pending_unsubscribes.extend(remove);
+                    subs = new;
+                }
                 Some(event) = ready_rx.recv() => match event {
                     AckEvent::Ack(ack) => gate.push(ack),
                     AckEvent::Failed { connection } => {
@@ -452,6 +484,27 @@ impl AckGate {
     }
 }
 
+/// Topic filters to subscribe and to unsubscribe to go from `old` to `new`.
+pub fn subscription_changes(
+    old: &[Subscription],
+    new: &[Subscription],
+) -> (Vec<String>, Vec<String>) {
+    let has = |list: &[Subscription], topic: &str| list.iter().any(|s| s.topic == topic);
+    let mut add: Vec<String> = Vec::new();
+    for s in new {
+        if !has(old, &s.topic) && !add.contains(&s.topic) {
+            add.push(s.topic.clone());
+        }
+    }
+    let mut remove: Vec<String> = Vec::new();
+    for s in old {
+        if !has(new, &s.topic) && !remove.contains(&s.topic) {
+            remove.push(s.topic.clone());
+        }
+    }
+    (add, remove)
+}
+
 /// MQTT topic filter matching (`+` one level, `#` the rest).
 pub fn topic_matches(filter: &str, topic: &str) -> bool {
     let mut f = filter.split('/');
@@ -554,6 +607,25 @@ mod tests {
         assert!(!gate.is_live(2));
         gate.disconnected();
         assert!(!gate.is_live(3));
+    }
+
+    #[test]
+    fn a_reload_subscribes_new_topics_and_unsubscribes_dropped_ones() {
+        let sub = |topic: &str| Subscription {
+            topic: topic.into(),
+            format: PayloadFormat::Auto,
+            device_from_topic_level: None,
+        };
+        let old = [sub("a/#"), sub("b/+")];
+        let new = [sub("b/+"), sub("c/#"), sub("c/#")];
+        let (add, remove) = subscription_changes(&old, &new);
+        assert_eq!(add, vec!["c/#".to_owned()]);
+        assert_eq!(remove, vec!["a/#".to_owned()]);
+        assert_eq!(
+            subscription_changes(&new, &new),
+            (Vec::new(), Vec::new()),
+            "no change, nothing to do"
+        );
     }
 
     #[test]
