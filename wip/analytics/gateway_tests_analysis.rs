@@ -1,0 +1,216 @@
+//! Analysis wired to the real ingest stage and outbox: ring overflow is
+//! counted while every envelope is still acknowledged; alerts are raised by
+//! the worker threads; a model swap keeps the windows.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outpost_gateway::analysis::config::{AnalysisConfig, FallbackConfig};
+use outpost_gateway::analysis::metrics::ScorerLabel;
+use outpost_gateway::analysis::{Alert, Analysis, AnalysisMetrics, Feed, ModelSlots, Shard};
+use outpost_gateway::config::{IngestConfig, StorageConfig};
+use outpost_gateway::envelope::{Commit, Content, Envelope};
+use outpost_gateway::ingest::Ingest;
+use outpost_gateway::metrics::Metrics;
+use outpost_gateway::outbox::Outbox;
+use outpost_models::Model;
+use outpost_models::builder::graphs;
+use prometheus_client::registry::Registry;
+use protocol::features::{FeatureSpec, Stat};
+use protocol::manifest::{
+    Hysteresis, InputSpec, MANIFEST_FORMAT, ModelFamily, ModelManifest, ModelMetadata, ScoreSpec,
+};
+use protocol::{Reading, Timestamp};
+use tokio::sync::{mpsc, watch};
+
+fn outbox(dir: &tempfile::TempDir) -> Arc<Outbox> {
+    let cfg = StorageConfig {
+        path: dir.path().join("outbox"),
+        ..StorageConfig::default()
+    };
+    Arc::new(Outbox::open(&cfg.path, &cfg).unwrap())
+}
+
+/// `pump-{d}` at second `t`: channels a ≈ 10, b ≈ 100, plus `bump` on a.
+fn pack(device: &str, t: i64, bump: f64) -> Vec<Reading> {
+    let wobble = ((t * 7919) % 13) as f64 / 13.0 - 0.5;
+    vec![
+        Reading::new(
+            device,
+            "a",
+            Timestamp(t * 1_000_000_000),
+            10.0 + wobble + bump,
+        )
+        .unwrap(),
+        Reading::new(device, "b", Timestamp(t * 1_000_000_000), 100.0 - wobble).unwrap(),
+    ]
+}
+
+async fn ingest_all(ingest: Ingest, packs: Vec<Vec<Reading>>) -> usize {
+    let (tx, rx) = mpsc::channel(64);
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(ingest.run(rx, stop_rx));
+    let mut waiting = Vec::new();
+    for readings in packs {
+        let (env, done) =
+            Envelope::new("test".into(), Timestamp::now(), Content::Readings(readings));
+        tx.send(env).await.unwrap();
+        waiting.push(done);
+    }
+    drop(tx);
+    let mut acked = 0;
+    for done in waiting {
+        if done.await.unwrap() == Commit::Durable {
+            acked += 1;
+        }
+    }
+    task.await.unwrap();
+    acked
+}
+
+#[tokio::test]
+async fn a_burst_overflows_the_ring_is_counted_and_every_envelope_is_still_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = outbox(&dir);
+    let metrics = Metrics::new(&mut Registry::default());
+    let am = AnalysisMetrics::new(&mut Registry::default());
+    // No consumer drains this ring: everything past 64 readings overflows.
+    let (feed, _consumers) = Feed::new(1, 64, am.clone());
+    let ingest = Ingest::new(ob.clone(), metrics.clone(), IngestConfig::default(), 4096)
+        .with_analysis(Arc::new(feed));
+    let packs: Vec<Vec<Reading>> = (0..500).map(|t| pack("pump-1", t, 0.0)).collect();
+    let acked = ingest_all(ingest, packs).await;
+    assert_eq!(
+        acked, 500,
+        "ingest must ack every envelope whatever the rings do"
+    );
+    assert_eq!(metrics.readings_committed.get(), 1000);
+    assert_eq!(am.ring_pushed.get(), 64);
+    assert_eq!(am.ring_dropped.get(), 1000 - 64);
+}
+
+fn fallback_cfg() -> AnalysisConfig {
+    AnalysisConfig {
+        shards: 2,
+        batch_size: 8,
+        batch_latency: Duration::from_millis(5),
+        hold: Duration::from_secs(1),
+        reorder: Duration::ZERO,
+        fallback: FallbackConfig {
+            channels: vec!["a".into(), "b".into()],
+            frame_period: Duration::from_secs(1),
+            window_len: 4,
+            hop: 4,
+            warmup_windows: 13,
+            threshold: 6.0,
+            k: 1,
+            n: 1,
+        },
+        ..AnalysisConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn worker_threads_raise_one_alert_per_injected_spike_from_committed_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = outbox(&dir);
+    let metrics = Metrics::new(&mut Registry::default());
+    let am = AnalysisMetrics::new(&mut Registry::default());
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let analysis = Analysis::start(&fallback_cfg(), None, am.clone(), stop_rx).unwrap();
+    let ingest = Ingest::new(ob, metrics, IngestConfig::default(), 4096)
+        .with_analysis(analysis.feed.clone());
+    let mut packs = Vec::new();
+    for t in 0..300 {
+        for d in 0..4 {
+            let bump = if d == 2 && (150..152).contains(&t) {
+                50.0
+            } else {
+                0.0
+            };
+            packs.push(pack(&format!("pump-{d}"), t, bump));
+        }
+    }
+    assert_eq!(ingest_all(ingest, packs).await, 1200);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while am.anomalies.get() < 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    analysis.stop().await;
+    assert_eq!(am.anomalies.get(), 1, "one spike on one device, one alert");
+    assert_eq!(am.ring_dropped.get(), 0);
+    let scored = am
+        .windows_scored
+        .get_or_create(&ScorerLabel { scorer: "fallback" })
+        .get();
+    // 4 devices × (75 windows − 13 warm-up − the last, not yet final).
+    assert!(scored >= 4 * 61, "{scored}");
+}
+
+fn manifest(threshold: f64) -> ModelManifest {
+    let channels = vec!["a".to_string(), "b".to_string()];
+    ModelManifest {
+        format: MANIFEST_FORMAT,
+        name: "energy".into(),
+        version: 3,
+        family: ModelFamily::Other,
+        input: InputSpec {
+            channels: channels.clone(),
+            window_len: 4,
+            hop: 4,
+            frame_period: Duration::from_secs(1),
+        },
+        features: FeatureSpec {
+            channels,
+            stats: vec![Stat::Mean],
+            bands: None,
+            raw: false,
+        },
+        score: ScoreSpec {
+            threshold,
+            hysteresis: Hysteresis { k: 1, n: 1 },
+        },
+        metadata: ModelMetadata::default(),
+    }
+}
+
+#[test]
+fn a_hot_swapped_model_with_the_same_input_keeps_the_windows_and_takes_over_scoring() {
+    let am = AnalysisMetrics::new(&mut Registry::default());
+    let slots = Arc::new(ModelSlots::new(None, None, am.clone()));
+    let mut shard = Shard::new(fallback_cfg(), slots.clone(), am.clone()).unwrap();
+    let mut alerts: Vec<Alert> = Vec::new();
+    let now = Instant::now();
+    for t in 0..40 {
+        for r in pack("pump-1", t, 0.0) {
+            shard.push(&r, now, &mut |a| alerts.push(a));
+        }
+    }
+    shard.flush(now, &mut |a| alerts.push(a));
+    assert_eq!(shard.devices(), 1);
+    // Mean squared z of (mean a, mean b) around (10, 100).
+    let onnx = graphs::standardized_energy(&[10.0, 100.0], &[1.0, 1.0]).unwrap();
+    slots.swap_active(Some(Model::load(&onnx, manifest(100.0)).unwrap()));
+    assert_eq!(am.model_version.get(), 3);
+    for t in 40..80 {
+        let bump = if (60..64).contains(&t) { 50.0 } else { 0.0 };
+        for r in pack("pump-1", t, bump) {
+            shard.push(&r, now, &mut |a| alerts.push(a));
+        }
+    }
+    shard.flush(now, &mut |a| alerts.push(a));
+    assert_eq!(shard.devices(), 1, "the device's state survived the swap");
+    let by_model = am
+        .windows_scored
+        .get_or_create(&ScorerLabel { scorer: "model" })
+        .get();
+    assert_eq!(
+        by_model, 10,
+        "windows ending at 43, 47, …, 79 are the model's"
+    );
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].model, "energy");
+    assert_eq!(alerts[0].model_version, 3);
+    assert_eq!(alerts[0].start, Timestamp(60 * 1_000_000_000));
+}
