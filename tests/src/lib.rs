@@ -776,3 +776,32 @@ pub fn assert_exactly_once(
     );
     r
 }
+
+/// `firmware-sim run` arguments for a small QoS 1 stream to the broker on
+/// `port`: 5 devices at 1000 msgs/s, `count` messages, seeded.
+pub fn small_qos1_sim(port: u16, count: u32, seed: u32) -> Vec<String> {
+    let port = format!("127.0.0.1:{port}");
+    let (count, seed) = (count.to_string(), seed.to_string());
+    [
+        "--broker",
+        &port,
+        "--devices",
+        "5",
+        "--rate",
+        "1000",
+        "--count",
+        &count,
+        "--qos",
+        "1",
+        "--seed",
+        &seed,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Borrows argument strings for [`run_sim`] / [`spawn_sim`].
+pub fn arg_refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}

@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use outpost_tests::{Gateway, GatewayOpts, Mosquitto, Sink, free_port, run_sim, test_dir};
+use outpost_tests::{
+    Gateway, GatewayOpts, Mosquitto, Sink, arg_refs, free_port, run_sim, small_qos1_sim, test_dir,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, date_time_ymd,
@@ -89,30 +91,6 @@ fn sink(dir: &Path, cert: &Path, key: &Path, client_ca: Option<&Path>) -> Sink {
     sink
 }
 
-fn sim(port: u16, count: u32, seed: u32) -> Vec<String> {
-    [
-        "--broker",
-        &format!("127.0.0.1:{port}"),
-        "--devices",
-        "5",
-        "--rate",
-        "1000",
-        "--count",
-        &count.to_string(),
-        "--qos",
-        "1",
-        "--seed",
-        &seed.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
 /// Starts a gateway with `uplink_extra`, sends 100 messages (500 readings),
 /// and checks that none reaches the sink, all stay in the outbox, and the
 /// log contains one of `why` (lower-cased). Returns the log tail.
@@ -121,7 +99,7 @@ fn assert_refused(dir: &Path, sink: &Sink, uplink_extra: String, why: &[&str]) -
     let mut opts = GatewayOpts::new(broker.port, sink);
     opts.uplink_extra = uplink_extra;
     let gw = Gateway::start(dir, &opts).unwrap();
-    run_sim(dir, &refs(&sim(broker.port, 100, 21))).unwrap();
+    run_sim(dir, &arg_refs(&small_qos1_sim(broker.port, 100, 21))).unwrap();
     outpost_tests::wait_for(Duration::from_secs(60), "failed uplink attempts", || {
         (gw.metric("outpost_gateway_uplink_batches_total{outcome=\"failed\"}") >= 2.0).then_some(())
     })
@@ -163,7 +141,7 @@ fn mutual_tls_with_a_client_certificate_from_the_sinks_client_ca_is_accepted() {
         ckey.display()
     );
     let gw = Gateway::start(d, &opts).unwrap();
-    let acked = run_sim(d, &refs(&sim(broker.port, 200, 20))).unwrap();
+    let acked = run_sim(d, &arg_refs(&small_qos1_sim(broker.port, 200, 20))).unwrap();
     outpost_tests::assert_exactly_once(&sink, &acked, Duration::from_secs(60), &gw);
     assert!(gw.metric("outpost_gateway_uplink_batches_total{outcome=\"sent\"}") >= 1.0);
     assert_eq!(

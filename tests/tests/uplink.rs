@@ -4,31 +4,9 @@
 
 use std::time::Duration;
 
-use outpost_tests::{Gateway, GatewayOpts, Mosquitto, Sink, free_port, run_sim, test_dir};
-
-fn sim(port: u16, count: u32, seed: u32) -> Vec<String> {
-    [
-        "--broker",
-        &format!("127.0.0.1:{port}"),
-        "--devices",
-        "5",
-        "--rate",
-        "1000",
-        "--count",
-        &count.to_string(),
-        "--qos",
-        "1",
-        "--seed",
-        &seed.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
+use outpost_tests::{
+    Gateway, GatewayOpts, Mosquitto, Sink, arg_refs, free_port, run_sim, small_qos1_sim, test_dir,
+};
 
 /// A sink serving HTTPS with a self-signed certificate for `localhost`,
 /// made at test time; returns it and the certificate's PEM path.
@@ -57,7 +35,7 @@ fn the_uplink_speaks_https_to_a_sink_whose_certificate_it_trusts_via_ca_file() {
     opts.uplink_extra = format!("ca_file = \"{}\"", cert_path.display());
     let gw = Gateway::start(dir.path(), &opts).unwrap();
 
-    let acked = run_sim(dir.path(), &refs(&sim(broker.port, 500, 11))).unwrap();
+    let acked = run_sim(dir.path(), &arg_refs(&small_qos1_sim(broker.port, 500, 11))).unwrap();
     outpost_tests::assert_exactly_once(&sink, &acked, Duration::from_secs(60), &gw);
     assert!(gw.metric("outpost_gateway_uplink_batches_total{outcome=\"sent\"}") >= 1.0);
 }
@@ -69,7 +47,7 @@ fn a_gateway_that_does_not_trust_the_sink_certificate_sends_nothing_and_keeps_it
     let broker = Mosquitto::start(dir.path()).unwrap();
     let gw = Gateway::start(dir.path(), &GatewayOpts::new(broker.port, &sink)).unwrap();
 
-    run_sim(dir.path(), &refs(&sim(broker.port, 100, 12))).unwrap();
+    run_sim(dir.path(), &arg_refs(&small_qos1_sim(broker.port, 100, 12))).unwrap();
     outpost_tests::wait_for(Duration::from_secs(20), "failed uplink attempts", || {
         (gw.metric("outpost_gateway_uplink_batches_total{outcome=\"failed\"}") >= 2.0).then_some(())
     })
@@ -104,7 +82,11 @@ fn batches_the_sink_refuses_as_too_large_are_split_until_they_fit() {
     opts.linger = "300ms";
     let gw = Gateway::start(dir.path(), &opts).unwrap();
 
-    let acked = run_sim(dir.path(), &refs(&sim(broker.port, 2000, 13))).unwrap();
+    let acked = run_sim(
+        dir.path(),
+        &arg_refs(&small_qos1_sim(broker.port, 2000, 13)),
+    )
+    .unwrap();
     outpost_tests::assert_exactly_once(&sink, &acked, Duration::from_secs(60), &gw);
     assert!(
         gw.metric("outpost_gateway_uplink_batches_total{outcome=\"split\"}") >= 1.0,
