@@ -11,8 +11,10 @@ use rumqttc::QoS;
 
 use crate::bench::BenchConfig;
 use crate::fleet::FleetConfig;
+use crate::publish::coap::CoapConfig;
 use crate::publish::http::HttpConfig;
 use crate::publish::mqtt::MqttConfig;
+use crate::publish::serial::{SerialConfig, SerialFormat};
 use crate::run::{RunConfig, StopAfter, TransportConfig};
 use crate::signal::Channel;
 
@@ -42,7 +44,8 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Protocol::Mqtt)]
     pub protocol: Protocol,
     /// With --protocol http: the gateway's base URL (e.g. http://127.0.0.1:8081);
-    /// messages go to {target}/v1/readings.
+    /// messages go to {target}/v1/readings. With --protocol coap: the gateway's
+    /// CoAP socket as HOST:PORT (or coap://HOST:PORT); messages go to /readings.
     #[arg(long, value_name = "URL")]
     pub target: Option<String>,
     /// With --protocol http: bearer token for the gateway's HTTP source.
@@ -51,6 +54,16 @@ pub struct RunArgs {
     /// MQTT broker as HOST:PORT.
     #[arg(long, env = "OUTPOST_SIM_BROKER", default_value = "127.0.0.1:1883")]
     pub broker: String,
+    /// With --protocol serial: the serial device (or pty) to write lines to.
+    #[arg(long, value_name = "PATH")]
+    pub device: Option<PathBuf>,
+    /// With --protocol serial: line format. csv and checksummed lines carry no
+    /// device name, so they need --devices 1 (the gateway port's `device`).
+    #[arg(long, value_enum, default_value_t = SerialFormat::Senml)]
+    pub serial_format: SerialFormat,
+    /// With --protocol serial: line speed (8N1, no flow control).
+    #[arg(long, default_value_t = 115_200)]
+    pub baud: u32,
     /// Number of simulated devices.
     #[arg(long, default_value_t = 10)]
     pub devices: usize,
@@ -130,6 +143,10 @@ pub struct RunArgs {
 pub enum Protocol {
     Mqtt,
     Http,
+    /// Confirmable CoAP POSTs to --target HOST:PORT; acked on 2.04.
+    Coap,
+    /// Lines to a serial device (--device); acked = written and drained.
+    Serial,
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +194,61 @@ fn parse_broker(s: &str, problems: &mut Vec<String>) -> (String, u16) {
         _ => {
             problems.push(format!("--broker {s:?}: expected HOST:PORT"));
             (String::new(), 0)
+        }
+    }
+}
+
+/// `--device` and the serial options: required with `--protocol serial` and
+/// only there; csv and checksummed lines name no device, so one device only.
+fn serial_device(args: &RunArgs, problems: &mut Vec<String>) -> PathBuf {
+    if args.protocol != Protocol::Serial {
+        if args.device.is_some() {
+            problems.push("--device: only with --protocol serial".into());
+        }
+        return PathBuf::new();
+    }
+    if args.target.is_some() {
+        problems.push("--target: not with --protocol serial (use --device)".into());
+    }
+    if args.serial_format != SerialFormat::Senml && args.devices != 1 {
+        problems.push(format!(
+            "--serial-format {}: lines carry no device name; use --devices 1",
+            args.serial_format.name()
+        ));
+    }
+    if args.baud == 0 {
+        problems.push("--baud: must be positive".into());
+    }
+    match &args.device {
+        Some(d) => d.clone(),
+        None => {
+            problems.push("--device: required with --protocol serial".into());
+            PathBuf::new()
+        }
+    }
+}
+
+/// `--target` with `--protocol coap`: `HOST:PORT`, optionally written as
+/// `coap://HOST:PORT[/]`; returned as `HOST:PORT`.
+fn parse_coap_target(target: Option<&str>, problems: &mut Vec<String>) -> String {
+    let Some(s) = target else {
+        problems.push("--target: required with --protocol coap (HOST:PORT)".into());
+        return String::new();
+    };
+    let bare = s.strip_prefix("coap://").unwrap_or(s).trim_end_matches('/');
+    match bare.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty()
+                && !host.contains('/')
+                && port.parse::<u16>().is_ok_and(|p| p > 0) =>
+        {
+            bare.to_owned()
+        }
+        _ => {
+            problems.push(format!(
+                "--target {s:?}: expected HOST:PORT or coap://HOST:PORT"
+            ));
+            String::new()
         }
     }
 }
@@ -257,12 +329,16 @@ impl RunArgs {
         let (host, port) = match self.protocol {
             Protocol::Mqtt => parse_broker(&self.broker, &mut p),
             Protocol::Http => (String::new(), 0),
+            Protocol::Coap | Protocol::Serial => (String::new(), 0),
         };
         let qos = parse_qos(self.qos, &mut p);
         let target = match self.protocol {
             Protocol::Http => parse_target(self.target.as_deref(), &mut p),
             Protocol::Mqtt => String::new(),
+            Protocol::Coap => parse_coap_target(self.target.as_deref(), &mut p),
+            Protocol::Serial => String::new(),
         };
+        let serial_device = serial_device(&self, &mut p);
         // Not --token: it may come from the environment.
         if self.protocol == Protocol::Mqtt && self.target.is_some() {
             p.push("--target: only with --protocol http".into());
@@ -369,6 +445,19 @@ impl RunArgs {
                     token: self.token,
                     max_inflight: self.max_inflight,
                     retry_deadline: self.connect_timeout,
+                }),
+                Protocol::Coap => TransportConfig::Coap(CoapConfig {
+                    target,
+                    path: crate::publish::coap::DEFAULT_PATH.into(),
+                    max_inflight: self.max_inflight,
+                    retry_deadline: self.connect_timeout,
+                }),
+                Protocol::Serial => TransportConfig::Serial(SerialConfig {
+                    device: serial_device,
+                    format: self.serial_format,
+                    baud: self.baud,
+                    max_inflight: self.max_inflight,
+                    write_timeout: self.connect_timeout,
                 }),
             },
             rate: self.rate,

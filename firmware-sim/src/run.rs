@@ -22,8 +22,10 @@ use crate::acked_log::{AckedLog, AckedLogError, LiveCounters, consume};
 use crate::fleet::{Fleet, FleetConfig, FleetError};
 use crate::ground_truth::{GroundTruthError, GroundTruthWriter};
 use crate::pacing::TokenBucket;
+use crate::publish::coap::{CoapConfig, CoapTransport};
 use crate::publish::http::{HttpConfig, HttpTransport};
 use crate::publish::mqtt::{MqttConfig, MqttTransport};
+use crate::publish::serial::{SerialConfig, SerialTransport};
 use crate::publish::{CloseReport, OutMessage, Transport, TransportError};
 use crate::signal::Channel;
 use crate::stats::{LatencySummary, RunSummary};
@@ -41,6 +43,8 @@ pub enum StopAfter {
 pub enum TransportConfig {
     Mqtt(MqttConfig),
     Http(HttpConfig),
+    Coap(CoapConfig),
+    Serial(SerialConfig),
 }
 
 impl TransportConfig {
@@ -48,6 +52,8 @@ impl TransportConfig {
         match self {
             TransportConfig::Mqtt(_) => "mqtt",
             TransportConfig::Http(_) => "http",
+            TransportConfig::Coap(_) => "coap",
+            TransportConfig::Serial(_) => "serial",
         }
     }
 
@@ -56,6 +62,8 @@ impl TransportConfig {
         match self {
             TransportConfig::Mqtt(m) => m.broker(),
             TransportConfig::Http(h) => h.readings_url(),
+            TransportConfig::Coap(c) => c.uri(),
+            TransportConfig::Serial(s) => s.device.display().to_string(),
         }
     }
 
@@ -64,6 +72,7 @@ impl TransportConfig {
         match self {
             TransportConfig::Mqtt(m) => Some(qos_number(m.qos)),
             TransportConfig::Http(_) => None,
+            TransportConfig::Coap(_) | TransportConfig::Serial(_) => None,
         }
     }
 }
@@ -204,6 +213,14 @@ async fn run_inner(cfg: RunConfig) -> Result<(RunSummary, Option<RunError>), Run
         }
         TransportConfig::Http(h) => {
             let transport = HttpTransport::new(h.clone(), tx)?;
+            publish(transport, &cfg, &mut fleet, &mut ground_truth, &live).await
+        }
+        TransportConfig::Serial(s) => {
+            let transport = SerialTransport::open(s.clone(), tx)?;
+            publish(transport, &cfg, &mut fleet, &mut ground_truth, &live).await
+        }
+        TransportConfig::Coap(c) => {
+            let transport = CoapTransport::new(c.clone(), tx).await?;
             publish(transport, &cfg, &mut fleet, &mut ground_truth, &live).await
         }
     };

@@ -42,6 +42,20 @@ pub struct GatewayConfig {
     /// HTTP push source: `POST /v1/readings`. At least one of `[mqtt]` and
     /// `[http]` must be present.
     pub http: Option<HttpSourceConfig>,
+    /// CoAP source over UDP: `POST coap://.../readings` (`gateway/src/sources/coap/config.rs`).
+    pub coap: Option<crate::sources::coap::CoapSourceConfig>,
+    /// Serial ports read line by line (`[[serial]]`, one table per port;
+    /// `gateway/src/sources/serial/config.rs`).
+    #[serde(default)]
+    pub serial: Vec<crate::sources::serial::SerialSourceConfig>,
+    /// SQL tables polled by cursor (`[[sql]]`, one table per source;
+    /// `gateway/src/sources/sql/config.rs`).
+    #[serde(default)]
+    pub sql: Vec<crate::sources::sql::SqlSourceConfig>,
+    /// JSON endpoints polled over HTTP(S) (`[[rest]]`, one per endpoint;
+    /// `gateway/src/sources/rest/config.rs`).
+    #[serde(default)]
+    pub rest: Vec<crate::sources::rest::RestSourceConfig>,
     /// Watched drop directories for CSV/JSON/NDJSON/SenML files (`[[files]]`,
     /// one per directory; `gateway/src/sources/files/config.rs`).
     #[serde(default)]
@@ -570,10 +584,17 @@ impl GatewayConfig {
         if !(2..=64).contains(&self.limits.max_depth) {
             bad("limits.max_depth", "must be within 2..=64".into());
         }
-        if self.mqtt.is_none() && self.http.is_none() && self.files.is_empty() {
+        if self.mqtt.is_none()
+            && self.http.is_none()
+            && self.coap.is_none()
+            && self.serial.is_empty()
+            && self.sql.is_empty()
+            && self.rest.is_empty()
+            && self.files.is_empty()
+        {
             bad(
                 "mqtt",
-                "no source is configured; add an [mqtt] or an [http] section".into(),
+                "no source is configured; add one of [mqtt], [http], [coap], [[serial]], [[files]], [[sql]], [[rest]]".into(),
             );
         }
         if let Some(h) = &self.http {
@@ -671,6 +692,12 @@ impl GatewayConfig {
                 }
             }
         }
+        if let Some(c) = &self.coap {
+            c.validate("coap", &mut p);
+        }
+        p.extend(crate::sources::serial::validate_ports(&self.serial));
+        crate::sources::sql::config::validate_all(&self.sql, &mut p);
+        crate::sources::rest::config::validate_all(&self.rest, &mut p);
         crate::sources::files::config::validate_all(&self.files, &mut p);
         let mut bad = |key: &str, message: String| {
             p.push(ConfigProblem {
@@ -890,7 +917,10 @@ mod tests {
         let err = GatewayConfig::from_toml(&text, Path::new("t.toml"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("[mqtt] or an [http] section"), "{err}");
+        assert!(
+            err.contains("no source is configured; add one of [mqtt]"),
+            "{err}"
+        );
     }
 
     #[test]

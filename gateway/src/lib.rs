@@ -3,7 +3,7 @@
 //! Module map (the way a reading travels, top to bottom):
 //! - [`config`] — TOML config, defaults, validation that reports every problem.
 //! - [`broker`] — the embedded MQTT broker (rumqttd), when configured.
-//! - [`sources`] — inputs (MQTT, HTTP push); decode payloads into envelopes, ack after commit.
+//! - [`sources`] — inputs (MQTT, HTTP push, CoAP, serial, file drop, SQL and REST polling); decode payloads into envelopes, ack after commit.
 //! - [`envelope`] — what a source hands to ingest, and the commit result it gets back.
 //! - [`contracts`] — sensor contracts (units, range, rate, stuck, skew, required), de-duplication.
 //! - [`clock`] — is the wall clock synchronised; stamps and corrections of gateway-timed readings.
@@ -78,6 +78,10 @@ pub enum StartError {
     #[error(transparent)]
     Http(#[from] sources::http::HttpSourceError),
     #[error(transparent)]
+    Coap(#[from] sources::coap::CoapSourceError),
+    #[error(transparent)]
+    Rest(#[from] sources::rest::RestSourceError),
+    #[error(transparent)]
     Files(#[from] sources::files::FileSourceError),
 }
 
@@ -119,6 +123,10 @@ pub async fn run_with_reload(
     // Bound before the admin server answers `/ready`, so ready means listening.
     let http_listener = match &cfg.http {
         Some(h) => Some(sources::http::bind(h.listen).await?),
+        None => None,
+    };
+    let coap_socket = match &cfg.coap {
+        Some(c) => Some(sources::coap::bind(c.listen).await?),
         None => None,
     };
 
@@ -198,6 +206,16 @@ pub async fn run_with_reload(
         let run = source.run(listener, tx.clone(), shutdown_rx.clone());
         source_tasks.push(tokio::spawn(async move { Ok(run.await?) }));
     }
+    if let (Some(c), Some(socket)) = (&cfg.coap, coap_socket) {
+        let source = sources::coap::CoapSource::new(
+            c,
+            &cfg.limits,
+            metrics.clone(),
+            quarantine_payload_bytes,
+        );
+        let run = source.run(socket, tx.clone(), shutdown_rx.clone());
+        source_tasks.push(tokio::spawn(async move { Ok(run.await?) }));
+    }
     let (subs_tx, subs_rx) = watch::channel(
         mqtt_cfg
             .as_ref()
@@ -212,6 +230,26 @@ pub async fn run_with_reload(
             quarantine_payload_bytes,
         )
         .with_subscription_updates(subs_rx);
+        let run = source.run(tx.clone(), shutdown_rx.clone());
+        source_tasks.push(tokio::spawn(async move { Ok(run.await?) }));
+    }
+    for port in &cfg.serial {
+        let source = sources::serial::SerialSource::new(
+            port.clone(),
+            cfg.limits.decode_limits(),
+            metrics.clone(),
+            quarantine_payload_bytes,
+        );
+        let run = source.run(tx.clone(), shutdown_rx.clone());
+        source_tasks.push(tokio::spawn(async move { Ok(run.await?) }));
+    }
+    for sql in &cfg.sql {
+        let source = sources::sql::SqlSource::new(sql.clone(), outbox.clone(), metrics.clone());
+        let run = source.run(tx.clone(), shutdown_rx.clone());
+        source_tasks.push(tokio::spawn(async move { Ok(run.await?) }));
+    }
+    for rest in &cfg.rest {
+        let source = sources::rest::RestSource::new(rest.clone(), outbox.clone(), metrics.clone())?;
         let run = source.run(tx.clone(), shutdown_rx.clone());
         source_tasks.push(tokio::spawn(async move { Ok(run.await?) }));
     }

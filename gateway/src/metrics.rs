@@ -24,6 +24,12 @@ pub struct ViolationLabel {
     pub action: &'static str,
 }
 
+/// A CoAP response code, `c.dd`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CoapCodeLabel {
+    pub code: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: u16,
@@ -63,6 +69,17 @@ pub struct Metrics {
     pub files_readings: Family<crate::sources::files::FileSourceLabel, Counter>,
     pub files_bad_rows: Family<crate::sources::files::FileSourceLabel, Counter>,
     pub files: Family<crate::sources::files::FileOutcomeLabel, Counter>,
+    pub coap_responses: Family<CoapCodeLabel, Counter>,
+    pub coap_duplicates: Family<OutcomeLabel, Counter>,
+    pub coap_blocks: Counter,
+    pub coap_ignored: Family<ReasonLabel, Counter>,
+    pub serial_connected: Family<crate::sources::serial::PortLabel, Gauge>,
+    pub serial_reconnects: Family<crate::sources::serial::PortLabel, Counter>,
+    pub serial_lines: Family<crate::sources::serial::PortLabel, Counter>,
+    pub serial_bad_frames: Family<crate::sources::serial::PortReasonLabel, Counter>,
+    pub sql_rows: Family<crate::sources::sql::SourceLabel, Counter>,
+    pub sql_errors: Family<crate::sources::sql::SourceKindLabel, Counter>,
+    pub rest_requests: Family<crate::sources::rest::SourceOutcomeLabel, Counter>,
 }
 
 impl Metrics {
@@ -99,6 +116,17 @@ impl Metrics {
             files_readings: Family::default(),
             files_bad_rows: Family::default(),
             files: Family::default(),
+            coap_responses: Family::default(),
+            coap_duplicates: Family::default(),
+            coap_blocks: Counter::default(),
+            coap_ignored: Family::default(),
+            serial_connected: Family::default(),
+            serial_reconnects: Family::default(),
+            serial_lines: Family::default(),
+            serial_bad_frames: Family::default(),
+            sql_rows: Family::default(),
+            sql_errors: Family::default(),
+            rest_requests: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("outpost_gateway");
         r.register(
@@ -254,6 +282,63 @@ impl Metrics {
             "Dropped files finished, by source and outcome (done, failed)",
             m.files.clone(),
         );
+        r.register(
+            "coap_responses",
+            "Responses sent by the CoAP source, by code (e.g. 2.04; 0.00 is a Reset), cached ones included",
+            m.coap_responses.clone(),
+        );
+        r.register(
+            "coap_duplicates",
+            "Retransmitted CoAP requests (same endpoint and Message ID), never stored twice: \
+             answered_from_cache, in_flight (answered when the commit completes), non_ignored",
+            m.coap_duplicates.clone(),
+        );
+        r.register(
+            "coap_blocks",
+            "Block1 blocks received by the CoAP source",
+            m.coap_blocks.clone(),
+        );
+        r.register(
+            "coap_ignored",
+            "Datagrams the CoAP source dropped without an answer, by reason",
+            m.coap_ignored.clone(),
+        );
+        r.register(
+            "serial_connected",
+            "1 while the serial port is open, by port",
+            m.serial_connected.clone(),
+        );
+        r.register(
+            "serial_reconnects",
+            "Times a serial port was re-opened after it went away, by port",
+            m.serial_reconnects.clone(),
+        );
+        r.register(
+            "serial_lines",
+            "Lines read from a serial port, by port",
+            m.serial_lines.clone(),
+        );
+        r.register(
+            "serial_bad_frames",
+            "Serial lines that could not be used (quarantined), by port and reason",
+            m.serial_bad_frames.clone(),
+        );
+        r.register(
+            "sql_rows",
+            "Rows read by SQL polling sources (mapped and quarantined), by source",
+            m.sql_rows.clone(),
+        );
+        r.register(
+            "sql_errors",
+            "Failed SQL polls by source and kind (connect, query, timeout, schema, checkpoint, cursor)",
+            m.sql_errors.clone(),
+        );
+        r.register(
+            "rest_requests",
+            "REST polling requests by source and outcome (ok, not_modified, rate_limited, \
+             http_error, network, too_large, bad_json)",
+            m.rest_requests.clone(),
+        );
         m
     }
 
@@ -273,6 +358,28 @@ impl Metrics {
 
     pub fn quarantine(&self, reason: &str) {
         self.quarantined
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn coap_response(&self, code: &str) {
+        self.coap_responses
+            .get_or_create(&CoapCodeLabel {
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn coap_duplicate(&self, outcome: &'static str) {
+        self.coap_duplicates
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    pub fn coap_ignored(&self, reason: &str) {
+        self.coap_ignored
             .get_or_create(&ReasonLabel {
                 reason: reason.to_owned(),
             })

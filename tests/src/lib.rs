@@ -805,3 +805,103 @@ pub fn small_qos1_sim(port: u16, count: u32, seed: u32) -> Vec<String> {
 pub fn arg_refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
+
+/// A `socat` pseudo-terminal pair: bytes written to `sim` come out of `gw` and
+/// back; both are symlinks in the test directory to the `/dev/pts/N` devices.
+/// Stopping it makes both devices vanish (a serial device unplugged); starting
+/// it again re-creates the links (new pts numbers, same paths).
+#[derive(Debug)]
+pub struct Socat {
+    /// The gateway's end (`[[serial]] path`).
+    pub gw: PathBuf,
+    /// The simulator's end (`--device`).
+    pub sim: PathBuf,
+    proc: Option<Proc>,
+    log: PathBuf,
+}
+
+impl Socat {
+    /// Starts `socat pty,raw,echo=0,link=DIR/NAME-gw pty,raw,echo=0,link=DIR/NAME-sim`
+    /// and waits for both links.
+    pub fn start(dir: &Path, name: &str) -> Result<Socat> {
+        let mut s = Socat {
+            gw: dir.join(format!("{name}-gw")),
+            sim: dir.join(format!("{name}-sim")),
+            proc: None,
+            log: dir.join(format!("socat-{name}.log")),
+        };
+        s.up()?;
+        Ok(s)
+    }
+
+    /// (Re)starts socat with the same link paths.
+    pub fn up(&mut self) -> Result<()> {
+        // Stale links (after a SIGKILL) would point at freed pts numbers.
+        let _ = fs::remove_file(&self.gw);
+        let _ = fs::remove_file(&self.sim);
+        let end = |p: &Path| format!("pty,raw,echo=0,link={}", p.display());
+        let proc = Proc::spawn(
+            "socat",
+            Command::new("socat")
+                .args(["-d", "-d"])
+                .arg(end(&self.gw))
+                .arg(end(&self.sim)),
+            self.log.clone(),
+        )?;
+        self.proc = Some(proc);
+        let (gw, sim) = (self.gw.clone(), self.sim.clone());
+        wait_for(Duration::from_secs(20), "socat's pty links", || {
+            (fs::metadata(&gw).is_ok() && fs::metadata(&sim).is_ok()).then_some(())
+        })
+    }
+
+    /// Stops socat (SIGTERM: it removes its links) and waits until both devices are gone.
+    pub fn down(&mut self) -> Result<()> {
+        if let Some(mut p) = self.proc.take() {
+            let _ = p.terminate(Duration::from_secs(10));
+        }
+        let _ = fs::remove_file(&self.gw);
+        let _ = fs::remove_file(&self.sim);
+        Ok(())
+    }
+}
+
+/// How the gateway's outbox sequence numbers cover what the sink stored.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SeqCoverage {
+    /// Readings of this gateway in the sink.
+    pub stored: u64,
+    /// Highest outbox sequence number among them.
+    pub max_seq: u64,
+    /// Distinct outbox epochs (1 unless the outbox was wiped).
+    pub epochs: u64,
+}
+
+impl SeqCoverage {
+    /// Outbox appends the sink dropped as duplicates of an identity it held.
+    /// Sequence numbers start at 1 and are never reused, so when only one
+    /// source feeds a gateway, `max_seq - stored` readings were appended to the
+    /// outbox twice (a source that re-read data after a crash).
+    pub fn appended_twice(&self) -> u64 {
+        self.max_seq.saturating_sub(self.stored)
+    }
+}
+
+/// [`SeqCoverage`] of `gateway` from the sink's database.
+pub fn seq_coverage(sink: &Sink, gateway: &str) -> Result<SeqCoverage> {
+    let conn = rusqlite::Connection::open_with_flags(
+        &sink.db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let (stored, max_seq, epochs) = conn.query_row(
+        "SELECT COUNT(*), COALESCE(MAX(seq), 0), COUNT(DISTINCT outbox_epoch) FROM readings WHERE gateway = ?1",
+        [gateway],
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)),
+    )?;
+    Ok(SeqCoverage {
+        stored: stored as u64,
+        max_seq: max_seq as u64,
+        epochs: epochs as u64,
+    })
+}

@@ -9,9 +9,13 @@
 //! - [`tracker`] — the MQTT publish → PUBACK bookkeeping, a state machine without I/O.
 //! - [`mqtt`] — the rumqttc transport that drives it.
 //! - [`http`] — `POST /v1/readings` to the gateway; acked on 202, with retries.
+//! - [`serial`] — lines to a serial device (SenML, CSV or checksummed); acked once written and drained.
+//! - [`coap`] — confirmable CoAP POSTs to the gateway; acked on 2.04, RFC 7252 retransmission.
 
+pub mod coap;
 pub mod http;
 pub mod mqtt;
+pub mod serial;
 pub mod tracker;
 
 use std::future::Future;

@@ -55,7 +55,7 @@ impl LineFramer {
     /// (the partial line stays buffered for the next call).
     pub fn next_frame(&mut self, input: &mut &[u8]) -> Option<Frame> {
         loop {
-            let data: &[u8] = *input;
+            let data: &[u8] = input;
             let Some(pos) = data.iter().position(|&b| b == b'\n' || b == b'\r') else {
                 break;
             };

@@ -22,7 +22,10 @@ pub enum Entry<P> {
     /// Waiting for the durable commit; `P` is what is needed to answer then.
     Pending(P),
     /// Answered: the encoded response, and whether the request was confirmable.
-    Answered { response: Vec<u8>, confirmable: bool },
+    Answered {
+        response: Vec<u8>,
+        confirmable: bool,
+    },
 }
 
 #[derive(Debug)]

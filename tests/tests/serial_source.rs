@@ -1,12 +1,6 @@
 //! The serial source end to end, over real pseudo-terminal pairs made by
 //! `socat`: firmware-sim (or the test) writes lines to one end, the gateway
 //! reads the other, the sink stores the readings.
-//!
-//! GATED OFF (`cfg(any())` is never true): written against the serial source,
-//! which is not yet wired into the gateway and firmware-sim, and never
-//! compiled. Remove the `cfg` line once `[[serial]]`, the serial metrics and
-//! `--protocol serial` are wired in (see the helper's report).
-#![cfg(any())]
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;

@@ -275,7 +275,8 @@ impl Driver {
                 self.exchanges.insert(token, e);
             } else if e.awaiting_separate || e.retransmissions >= MAX_RETRANSMIT {
                 // No separate response, or no answer at all: a new exchange, or give up.
-                self.retry(token, e, Some(RETRY_DELAY), deadline, "no answer").await;
+                self.retry(token, e, Some(RETRY_DELAY), deadline, "no answer")
+                    .await;
             } else if now >= deadline {
                 self.lose(token, e, "no answer before the deadline").await;
             } else {
@@ -527,15 +528,24 @@ mod tests {
             Verdict::Acked
         );
         assert_eq!(
-            classify(MessageClass::Response(ResponseType::ServiceUnavailable), Some(1)),
+            classify(
+                MessageClass::Response(ResponseType::ServiceUnavailable),
+                Some(1)
+            ),
             Verdict::Retry(Some(Duration::from_secs(1)))
         );
         assert_eq!(
-            classify(MessageClass::Response(ResponseType::ServiceUnavailable), Some(3600)),
+            classify(
+                MessageClass::Response(ResponseType::ServiceUnavailable),
+                Some(3600)
+            ),
             Verdict::Retry(Some(MAX_AGE_CAP))
         );
         assert_eq!(
-            classify(MessageClass::Response(ResponseType::InternalServerError), None),
+            classify(
+                MessageClass::Response(ResponseType::InternalServerError),
+                None
+            ),
             Verdict::Retry(None)
         );
         for (code, n) in [

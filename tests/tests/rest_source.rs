@@ -8,9 +8,6 @@
 //! after a kill -9 the first request carries the ETag stored with the
 //! readings (the checkpoint).
 #![allow(clippy::unwrap_used)]
-// Disabled until the SQL/REST sources are wired into the gateway (see the
-// SQL/REST helper's report): compiled to nothing meanwhile.
-#![cfg(any())]
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

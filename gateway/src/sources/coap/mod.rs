@@ -137,7 +137,7 @@ impl CoapSource {
                     self.finish(&mut ex, &socket, &ticket, outcome).await;
                 }
                 _ = purge.tick() => ex.purge(Instant::now()),
-                _ = shutdown.wait_for(|s| *s) => break,
+                () = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
             }
         }
         let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
@@ -311,7 +311,9 @@ async fn decode(
     let run = move |limits: &DecodeLimits, bytes: Vec<u8>| {
         // SenML JSON is often sent as plain `application/json` (50); its labels tell.
         let format = match format {
-            PayloadFormat::Json if PayloadFormat::detect(&bytes) == Ok(PayloadFormat::SenmlJson) => {
+            PayloadFormat::Json
+                if PayloadFormat::detect(&bytes) == Ok(PayloadFormat::SenmlJson) =>
+            {
                 PayloadFormat::SenmlJson
             }
             f => f,
@@ -425,7 +427,11 @@ mod tests {
         assert_eq!(p.header.get_type(), MessageType::Acknowledgement);
         assert_eq!(p.header.message_id, 77);
         assert_eq!(h.outbox.depth(), 2);
-        assert_eq!(h.outbox.durable_next(), h.outbox.next_seq(), "acked after the flush");
+        assert_eq!(
+            h.outbox.durable_next(),
+            h.outbox.next_seq(),
+            "acked after the flush"
+        );
         let again = exchange(&client, h.addr, &req).await;
         assert_eq!(again, p, "the cached response");
         assert_eq!(h.outbox.depth(), 2, "not stored twice");
@@ -442,7 +448,10 @@ mod tests {
         // An undecodable payload: 4.00 with the reason, once quarantined.
         let bad = exchange(&client, h.addr, &con_post(78, b"[{\"n\":")).await;
         assert_eq!(bad.header.code.to_string(), "4.00");
-        assert!(String::from_utf8_lossy(&bad.payload).starts_with("syntax"), "{bad:?}");
+        assert!(
+            String::from_utf8_lossy(&bad.payload).starts_with("syntax"),
+            "{bad:?}"
+        );
         assert_eq!(h.outbox.quarantine_list(10).unwrap().len(), 1);
         h.stop.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(5), h.source)

@@ -229,7 +229,11 @@ impl<E: Clone + Eq + Hash> Exchanges<E> {
     pub fn new(cfg: ExchangeConfig) -> Self {
         Exchanges {
             cache: DedupCache::new(cfg.max_cached, cfg.exchange_lifetime),
-            blocks: Reassembly::new(cfg.max_reassemblies, cfg.max_payload, cfg.reassembly_timeout),
+            blocks: Reassembly::new(
+                cfg.max_reassemblies,
+                cfg.max_payload,
+                cfg.reassembly_timeout,
+            ),
             next_mid: rand::random(),
             blocks_received: 0,
             cfg,
@@ -354,7 +358,12 @@ impl<E: Clone + Eq + Hash> Exchanges<E> {
 
     /// Records the commit's outcome and returns the response to send (`None`
     /// if the ticket is unknown).
-    pub fn complete(&mut self, ticket: &Ticket<E>, outcome: Outcome, now: Instant) -> Option<Reply> {
+    pub fn complete(
+        &mut self,
+        ticket: &Ticket<E>,
+        outcome: Outcome,
+        now: Instant,
+    ) -> Option<Reply> {
         let key = (ticket.endpoint.clone(), ticket.message_id);
         let pending = match self.cache.get(&key) {
             Some(Entry::Pending(p)) => p.clone(),
@@ -421,7 +430,10 @@ impl<E: Clone + Eq + Hash> Exchanges<E> {
         let n = self.cfg.path.len();
         let ours = segments.len() >= n
             && segments.len() <= n + 1
-            && segments[..n].iter().zip(&self.cfg.path).all(|(a, b)| a == b);
+            && segments[..n]
+                .iter()
+                .zip(&self.cfg.path)
+                .all(|(a, b)| a == b);
         if !ours {
             return Handled::Now(Response::diagnostic(
                 R::NotFound,
@@ -429,7 +441,7 @@ impl<E: Clone + Eq + Hash> Exchanges<E> {
             ));
         }
         let device = match segments.get(n) {
-            Some(d) if d.is_empty() => {
+            Some(&"") => {
                 return Handled::Now(Response::diagnostic(R::NotFound, "empty device name"));
             }
             Some(d) => Some((*d).to_owned()),
@@ -443,7 +455,10 @@ impl<E: Clone + Eq + Hash> Exchanges<E> {
         }
         let cf = match uint_option(p, CoapOption::ContentFormat) {
             Err(()) => {
-                return Handled::Now(Response::diagnostic(R::BadRequest, "bad Content-Format option"));
+                return Handled::Now(Response::diagnostic(
+                    R::BadRequest,
+                    "bad Content-Format option",
+                ));
             }
             Ok(cf) => cf,
         };
@@ -458,8 +473,12 @@ impl<E: Clone + Eq + Hash> Exchanges<E> {
             ));
         };
         match uint_option(p, CoapOption::Size1) {
-            Err(()) => return Handled::Now(Response::diagnostic(R::BadRequest, "bad Size1 option")),
-            Ok(Some(size)) if size > self.cfg.max_payload as u64 => return Handled::Now(self.too_large()),
+            Err(()) => {
+                return Handled::Now(Response::diagnostic(R::BadRequest, "bad Size1 option"));
+            }
+            Ok(Some(size)) if size > self.cfg.max_payload as u64 => {
+                return Handled::Now(self.too_large());
+            }
             Ok(_) => {}
         }
         let block = match p.get_first_option(CoapOption::Block1) {
@@ -489,7 +508,9 @@ impl<E: Clone + Eq + Hash> Exchanges<E> {
         };
         self.blocks_received += 1;
         let key = (from.clone(), transfer_key(&segments, p));
-        let step = self.blocks.feed(&key, block, &p.payload, format, device, now);
+        let step = self
+            .blocks
+            .feed(&key, block, &p.payload, format, device, now);
         match step {
             Step::Continue | Step::Repeated => {
                 let mut r = Response::new(R::Continue);
@@ -641,7 +662,9 @@ fn uint_option(p: &Packet, option: CoapOption) -> Result<Option<u64>, ()> {
     match p.get_first_option(option) {
         None => Ok(None),
         Some(v) if v.len() > 8 => Err(()),
-        Some(v) => Ok(Some(v.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))),
+        Some(v) => Ok(Some(
+            v.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
+        )),
     }
 }
 
@@ -768,7 +791,10 @@ mod tests {
         assert_eq!(p.get_token(), &[0xab, 7]);
         assert_eq!(code(&p), "2.04");
         assert_eq!(ex.in_flight(), 0);
-        assert!(ex.complete(&i.ticket, Outcome::Stored { readings: 1 }, now).is_none());
+        assert!(
+            ex.complete(&i.ticket, Outcome::Stored { readings: 1 }, now)
+                .is_none()
+        );
     }
 
     #[test]
@@ -778,8 +804,13 @@ mod tests {
         let req = post(9, 110, SENML).bytes();
         let i = ingest(ex.handle(1, &req, now));
         // While the first copy is being committed: silence, no second ingest.
-        assert_eq!(ex.handle(1, &req, now), Action::Silent(Silence::DuplicateInFlight));
-        let first = ex.complete(&i.ticket, Outcome::Stored { readings: 1 }, now).unwrap();
+        assert_eq!(
+            ex.handle(1, &req, now),
+            Action::Silent(Silence::DuplicateInFlight)
+        );
+        let first = ex
+            .complete(&i.ticket, Outcome::Stored { readings: 1 }, now)
+            .unwrap();
         // Afterwards: the same bytes from the cache.
         match ex.handle(1, &req, now + Duration::from_secs(200)) {
             Action::Reply(r) => {
@@ -804,10 +835,15 @@ mod tests {
         r.t = MessageType::NonConfirmable;
         let i = ingest(ex.handle(1, &r.bytes(), now));
         assert!(!i.confirmable);
-        let answer = ex.complete(&i.ticket, Outcome::Stored { readings: 0 }, now).unwrap();
+        let answer = ex
+            .complete(&i.ticket, Outcome::Stored { readings: 0 }, now)
+            .unwrap();
         let p = Packet::from_bytes(&answer.bytes).unwrap();
         assert_eq!(p.header.get_type(), MessageType::NonConfirmable);
-        assert_eq!(ex.handle(1, &r.bytes(), now), Action::Silent(Silence::DuplicateNon));
+        assert_eq!(
+            ex.handle(1, &r.bytes(), now),
+            Action::Silent(Silence::DuplicateNon)
+        );
     }
 
     #[test]
@@ -826,7 +862,10 @@ mod tests {
             )
             .unwrap();
         let p = Packet::from_bytes(&r.bytes).unwrap();
-        assert_eq!((code(&p), p.payload.as_slice()), ("4.00".into(), &b"syntax: EOF"[..]));
+        assert_eq!(
+            (code(&p), p.payload.as_slice()),
+            ("4.00".into(), &b"syntax: EOF"[..])
+        );
         let i = ingest(ex.handle(1, &post(2, 110, SENML).bytes(), now));
         let r = ex
             .complete(&i.ticket, Outcome::NotStored("disk".into()), now)
@@ -877,9 +916,15 @@ mod tests {
         get.path = ".well-known/core";
         let p = reply(ex.handle(1, &get.bytes(), now));
         assert_eq!(code(&p), "2.05");
-        assert_eq!(p.get_first_option(CoapOption::ContentFormat), Some(&vec![40]));
+        assert_eq!(
+            p.get_first_option(CoapOption::ContentFormat),
+            Some(&vec![40])
+        );
         let text = String::from_utf8(p.payload).unwrap();
-        assert!(text.starts_with(r#"</readings>;rt="outpost.readings";ct="110 112 50 60""#), "{text}");
+        assert!(
+            text.starts_with(r#"</readings>;rt="outpost.readings";ct="110 112 50 60""#),
+            "{text}"
+        );
         let mut post_wk = post(2, 110, b"");
         post_wk.path = ".well-known/core";
         assert_eq!(code(&reply(ex.handle(1, &post_wk.bytes(), now))), "4.05");
@@ -897,24 +942,38 @@ mod tests {
             // A new token per block, as libcoap sends them.
             r.token = vec![n as u8, 0xee];
             let more = n + 1 < blocks.len();
-            r.block1 = Some(Block { num: n as u32, more, szx: 0 });
+            r.block1 = Some(Block {
+                num: n as u32,
+                more,
+                szx: 0,
+            });
             let a = ex.handle(5, &r.bytes(), now);
             if more {
                 let p = reply(a);
                 assert_eq!(code(&p), "2.31");
                 assert_eq!(
                     Block::decode(p.get_first_option(CoapOption::Block1).unwrap()),
-                    Ok(Block { num: n as u32, more: true, szx: 0 })
+                    Ok(Block {
+                        num: n as u32,
+                        more: true,
+                        szx: 0
+                    })
                 );
             } else {
                 let i = ingest(a);
                 assert_eq!(i.payload, payload);
-                let done = ex.complete(&i.ticket, Outcome::Stored { readings: 1 }, now).unwrap();
+                let done = ex
+                    .complete(&i.ticket, Outcome::Stored { readings: 1 }, now)
+                    .unwrap();
                 let p = Packet::from_bytes(&done.bytes).unwrap();
                 assert_eq!(code(&p), "2.04");
                 assert_eq!(
                     Block::decode(p.get_first_option(CoapOption::Block1).unwrap()),
-                    Ok(Block { num: 2, more: false, szx: 0 })
+                    Ok(Block {
+                        num: 2,
+                        more: false,
+                        szx: 0
+                    })
                 );
             }
         }
@@ -924,7 +983,11 @@ mod tests {
         let mut last = Action::Silent(Silence::NotCoap);
         for n in 0..20u32 {
             let mut r = post(100 + n as u16, 110, &[b' '; 16]);
-            r.block1 = Some(Block { num: n, more: true, szx: 0 });
+            r.block1 = Some(Block {
+                num: n,
+                more: true,
+                szx: 0,
+            });
             last = ex.handle(5, &r.bytes(), now);
             if !matches!(&last, Action::Reply(r) if r.code == "2.31") {
                 break;
@@ -933,7 +996,11 @@ mod tests {
         assert_eq!(code(&reply(last)), "4.13");
         // A block that belongs to no transfer: 4.08.
         let mut stray = post(200, 110, &[b' '; 16]);
-        stray.block1 = Some(Block { num: 3, more: true, szx: 0 });
+        stray.block1 = Some(Block {
+            num: 3,
+            more: true,
+            szx: 0,
+        });
         assert_eq!(code(&reply(ex.handle(5, &stray.bytes(), now))), "4.08");
     }
 
@@ -964,8 +1031,14 @@ mod tests {
             ex.handle(1, &[0x59, 0x02, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0], now),
             Action::Silent(Silence::Malformed)
         );
-        assert_eq!(ex.handle(1, &[0x60, 0x00, 0, 1], now), Action::Silent(Silence::NotARequest));
-        assert_eq!(ex.handle(1, &[0x80, 0x02, 0, 1], now), Action::Silent(Silence::NotCoap));
+        assert_eq!(
+            ex.handle(1, &[0x60, 0x00, 0, 1], now),
+            Action::Silent(Silence::NotARequest)
+        );
+        assert_eq!(
+            ex.handle(1, &[0x80, 0x02, 0, 1], now),
+            Action::Silent(Silence::NotCoap)
+        );
         assert_eq!(ex.handle(1, &[0x40], now), Action::Silent(Silence::NotCoap));
         // An unknown critical option → 4.02.
         let mut p = Packet::new();

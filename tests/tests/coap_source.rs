@@ -132,7 +132,16 @@ fn coap_client_posts_reach_the_sink_exactly_once_and_errors_get_their_codes() {
     let big_file = dir.path().join("big.json");
     std::fs::write(&big_file, &big).unwrap();
     let a = coap_client(
-        &["-m", "post", "-t", "110", "-b", "64", "-f", big_file.to_str().unwrap()],
+        &[
+            "-m",
+            "post",
+            "-t",
+            "110",
+            "-b",
+            "64",
+            "-f",
+            big_file.to_str().unwrap(),
+        ],
         &uri,
     );
     assert!(a.ok && !a.out.contains("4."), "{a:?}");
@@ -151,7 +160,10 @@ fn coap_client_posts_reach_the_sink_exactly_once_and_errors_get_their_codes() {
     );
     assert!(a.out.contains("4.13"), "{a:?}");
     // Unknown resource and method: 4.04, 4.05.
-    let a = coap_client(&["-m", "post", "-t", "110", "-e", &json], &format!("coap://{coap}/nope"));
+    let a = coap_client(
+        &["-m", "post", "-t", "110", "-e", &json],
+        &format!("coap://{coap}/nope"),
+    );
     assert!(a.out.contains("4.04"), "{a:?}");
     let a = coap_client(&["-m", "get"], &uri);
     assert!(a.out.contains("4.05"), "{a:?}");
@@ -165,7 +177,11 @@ fn coap_client_posts_reach_the_sink_exactly_once_and_errors_get_their_codes() {
 
     let r = outpost_tests::assert_exactly_once(&sink, &expected, DRAIN, &gw);
     assert_eq!(r.stored, expected.len(), "nothing else was stored");
-    let code = |c: &str| gw.metric(&format!("outpost_gateway_coap_responses_total{{code=\"{c}\"}}"));
+    let code = |c: &str| {
+        gw.metric(&format!(
+            "outpost_gateway_coap_responses_total{{code=\"{c}\"}}"
+        ))
+    };
     assert_eq!(code("2.04"), 3.0, "three POSTs stored");
     assert_eq!(code("4.15"), 1.0);
     assert!(code("4.13") >= 1.0);
@@ -207,8 +223,7 @@ fn sim_args(coap: SocketAddr, count: u32, rate: u32, summary: &Path) -> Vec<Stri
 }
 
 #[test]
-fn a_kill_9_of_the_gateway_mid_stream_loses_and_duplicates_nothing_the_simulator_got_a_2_04_for()
-{
+fn a_kill_9_of_the_gateway_mid_stream_loses_and_duplicates_nothing_the_simulator_got_a_2_04_for() {
     let dir = outpost_tests::test_dir();
     let broker = Mosquitto::start(dir.path()).unwrap();
     let sink = Sink::start(dir.path(), "gw-test", free_port()).unwrap();

@@ -156,7 +156,6 @@ impl SerialSource {
                             "Serial port open.");
                     }
                     ever_open = true;
-                    down_logged = false;
                     connected.set(1);
                     backoff.reset();
                     let end = self.read(stream, &mut framer, &tx, &mut shutdown).await;

@@ -8,9 +8,6 @@
 //! rows after a kill -9 would burn extra sequence numbers, which the sink's
 //! identity de-duplication would otherwise hide).
 #![allow(clippy::unwrap_used)]
-// Disabled until the SQL/REST sources are wired into the gateway (see the
-// SQL/REST helper's report): compiled to nothing meanwhile.
-#![cfg(any())]
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -220,7 +220,12 @@ mod tests {
 
     #[test]
     fn block_options_round_trip_and_szx_7_is_refused() {
-        for block in [b(0, true, 2), b(1, false, 6), b(4095, true, 0), b(1 << 19, false, 3)] {
+        for block in [
+            b(0, true, 2),
+            b(1, false, 6),
+            b(4095, true, 0),
+            b(1 << 19, false, 3),
+        ] {
             assert_eq!(Block::decode(&block.encode()), Ok(block));
         }
         assert_eq!(Block::decode(&[]), Ok(b(0, false, 0)));
@@ -266,11 +271,20 @@ mod tests {
         let mut r: Reassembly<u8> = Reassembly::new(4, 1000, Duration::from_secs(60));
         r.feed(&1, b(0, true, 0), &[1; 16], F, None, t);
         r.feed(&1, b(1, true, 0), &[2; 16], F, None, t);
-        assert_eq!(r.feed(&1, b(1, true, 0), &[2; 16], F, None, t), Step::Repeated);
+        assert_eq!(
+            r.feed(&1, b(1, true, 0), &[2; 16], F, None, t),
+            Step::Repeated
+        );
         assert_eq!(r.bytes(), 32, "not appended twice");
-        assert_eq!(r.feed(&1, b(3, true, 0), &[4; 16], F, None, t), Step::Incomplete);
+        assert_eq!(
+            r.feed(&1, b(3, true, 0), &[4; 16], F, None, t),
+            Step::Incomplete
+        );
         assert!(r.is_empty(), "a gap drops the transfer");
-        assert_eq!(r.feed(&1, b(1, false, 0), &[2; 3], F, None, t), Step::Incomplete);
+        assert_eq!(
+            r.feed(&1, b(1, false, 0), &[2; 3], F, None, t),
+            Step::Incomplete
+        );
     }
 
     #[test]
@@ -279,9 +293,15 @@ mod tests {
         let mut r: Reassembly<u8> = Reassembly::new(4, 40, Duration::from_secs(60));
         r.feed(&1, b(0, true, 0), &[0; 16], F, None, t);
         r.feed(&1, b(1, true, 0), &[0; 16], F, None, t);
-        assert_eq!(r.feed(&1, b(2, true, 0), &[0; 16], F, None, t), Step::TooLarge);
+        assert_eq!(
+            r.feed(&1, b(2, true, 0), &[0; 16], F, None, t),
+            Step::TooLarge
+        );
         assert!(r.is_empty());
-        assert_eq!(r.feed(&2, b(0, false, 6), &[0; 41], F, None, t), Step::TooLarge);
+        assert_eq!(
+            r.feed(&2, b(0, false, 6), &[0; 41], F, None, t),
+            Step::TooLarge
+        );
         // A huge block number cannot overflow or allocate.
         assert_eq!(
             r.feed(&3, b(u32::MAX >> 4, false, 6), &[0; 1], F, None, t),
@@ -293,7 +313,10 @@ mod tests {
     fn a_wrong_block_size_is_refused() {
         let t = Instant::now();
         let mut r: Reassembly<u8> = Reassembly::new(4, 1000, Duration::from_secs(60));
-        assert_eq!(r.feed(&1, b(0, true, 1), &[0; 16], F, None, t), Step::BadSize);
+        assert_eq!(
+            r.feed(&1, b(0, true, 1), &[0; 16], F, None, t),
+            Step::BadSize
+        );
         assert!(r.is_empty());
     }
 
@@ -301,12 +324,21 @@ mod tests {
     fn transfers_are_bounded_and_time_out() {
         let t = Instant::now();
         let mut r: Reassembly<u8> = Reassembly::new(2, 1000, Duration::from_secs(60));
-        assert_eq!(r.feed(&1, b(0, true, 0), &[0; 16], F, None, t), Step::Continue);
-        assert_eq!(r.feed(&2, b(0, true, 0), &[0; 16], F, None, t), Step::Continue);
+        assert_eq!(
+            r.feed(&1, b(0, true, 0), &[0; 16], F, None, t),
+            Step::Continue
+        );
+        assert_eq!(
+            r.feed(&2, b(0, true, 0), &[0; 16], F, None, t),
+            Step::Continue
+        );
         assert_eq!(r.feed(&3, b(0, true, 0), &[0; 16], F, None, t), Step::Full);
         assert_eq!(r.len(), 2, "the transfers under way are kept");
         // Restarting a known transfer is allowed even when full.
-        assert_eq!(r.feed(&1, b(0, true, 0), &[9; 16], F, None, t), Step::Continue);
+        assert_eq!(
+            r.feed(&1, b(0, true, 0), &[9; 16], F, None, t),
+            Step::Continue
+        );
         let later = t + Duration::from_secs(61);
         assert_eq!(
             r.feed(&3, b(0, true, 0), &[0; 16], F, None, later),
@@ -314,6 +346,9 @@ mod tests {
             "the idle ones timed out"
         );
         assert_eq!(r.len(), 1);
-        assert_eq!(r.feed(&1, b(1, true, 0), &[0; 16], F, None, later), Step::Incomplete);
+        assert_eq!(
+            r.feed(&1, b(1, true, 0), &[0; 16], F, None, later),
+            Step::Incomplete
+        );
     }
 }

@@ -188,10 +188,10 @@ impl SqlSourceConfig {
         }
         if self.url.trim().is_empty() {
             bad("url", "is empty".into());
-        } else if self.driver == SqlDriver::Postgres {
-            if let Err(e) = self.url.parse::<tokio_postgres::Config>() {
-                bad("url", format!("not a PostgreSQL connection string: {e}"));
-            }
+        } else if self.driver == SqlDriver::Postgres
+            && let Err(e) = self.url.parse::<tokio_postgres::Config>()
+        {
+            bad("url", format!("not a PostgreSQL connection string: {e}"));
         }
         if let Err(e) = query::check_table(&self.table) {
             bad("table", e);
