@@ -63,6 +63,9 @@ pub struct GatewayConfig {
     /// Sensor contracts, cleansing and de-duplication (`gateway/src/contracts/mod.rs`).
     /// Absent: no contracts; de-duplication with the default window.
     pub contracts: Option<crate::contracts::ContractsConfig>,
+    /// Edge analytics: windows, models, fallback detector, alerts
+    /// (`gateway/src/analysis/config.rs`). Absent: no analysis.
+    pub analysis: Option<crate::analysis::config::AnalysisConfig>,
     /// Clock-quality detection (`gateway/src/clock.rs`).
     #[serde(default)]
     pub clock: crate::clock::ClockConfig,
@@ -769,6 +772,9 @@ impl GatewayConfig {
             c.validate("contracts", &mut p);
         }
         self.clock.validate("clock", &mut p);
+        if let Some(a) = &self.analysis {
+            a.validate("analysis", &mut p);
+        }
         p
     }
 }

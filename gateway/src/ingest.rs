@@ -32,6 +32,8 @@ pub struct Ingest {
     quarantine_payload_bytes: usize,
     /// Contracts, de-duplication and clock stamping of readings (`prepare`).
     validation: crate::contracts::stage::Validation,
+    /// Edge analytics: committed readings are offered to its rings.
+    analysis: Option<Arc<crate::analysis::rings::Feed>>,
 }
 
 /// One envelope's work, prepared off the async runtime.
@@ -42,6 +44,9 @@ enum Job {
         /// Source cursors written in the same outbox batch as these records
         /// (the envelope's checkpoint; after a failed chunk, the chunk's).
         checkpoints: Vec<Checkpoint>,
+        /// The accepted readings, for analysis after the commit (empty
+        /// without analysis).
+        analysis: Vec<protocol::Reading>,
     },
     Quarantine(QuarantineEntry),
 }
@@ -59,7 +64,15 @@ impl Ingest {
             cfg,
             quarantine_payload_bytes,
             validation: crate::contracts::stage::Validation::passthrough(),
+            analysis: None,
         }
+    }
+
+    /// Offers every committed reading to edge analytics (never blocks: a
+    /// full ring drops from analysis only, counted).
+    pub fn with_analysis(mut self, feed: Arc<crate::analysis::rings::Feed>) -> Self {
+        self.analysis = Some(feed);
+        self
     }
 
     /// Replaces the default validation (no contracts, default de-duplication,
@@ -114,6 +127,11 @@ impl Ingest {
                         readings: readings.len() as u64,
                         encoded,
                         checkpoints: envelope.checkpoint.take().into_iter().collect(),
+                        analysis: if self.analysis.is_some() {
+                            readings
+                        } else {
+                            Vec::new()
+                        },
                     },
                     Err(e) => Job::Quarantine(QuarantineEntry {
                         received: envelope.received,
@@ -238,6 +256,14 @@ impl Ingest {
         }
         self.publish_gauges();
         self.outbox.data_added.notify_one();
+        // Durable now: hand the readings to analysis (it may lag, never block).
+        if let Some(feed) = &self.analysis {
+            for job in &pending {
+                if let Job::Append { analysis, .. } = job {
+                    feed.offer(analysis);
+                }
+            }
+        }
     }
 
     fn publish_gauges(&self) {
@@ -287,6 +313,7 @@ fn write_jobs(
                     encoded,
                     readings,
                     checkpoints,
+                    analysis,
                 } => {
                     let cost = Outbox::cost(encoded);
                     if cost > outbox.max_bytes() {
@@ -305,6 +332,8 @@ fn write_jobs(
                         stats.quarantined.push(TOO_BIG_FOR_OUTBOX.into());
                         *encoded = Vec::new();
                         *readings = 0;
+                        // Not stored, so not analysed either.
+                        analysis.clear();
                         // Its readings are settled (quarantined): the cursor moves on.
                         chunk_checkpoints.append(checkpoints);
                     } else if !chunk.is_empty() && chunk_cost + cost > chunk_cap {
@@ -364,6 +393,7 @@ fn restore_chunk(
         encoded,
         readings,
         checkpoints,
+        ..
     }) = jobs[i..j]
         .iter_mut()
         .find(|job| matches!(job, Job::Append { .. }))

@@ -9,7 +9,7 @@
 //! - [`clock`] — is the wall clock synchronised; stamps and corrections of gateway-timed readings.
 //! - [`ingest`] — the single ingest task: quarantine rejects, append, group-commit, release acks.
 //! - [`outbox`] — the sled-backed durable outbox (sequence-ordered) and quarantine.
-//! - [`analysis`] — device frames and sliding windows for edge analytics (plain structs; not wired in yet).
+//! - [`analysis`] — edge analytics after the commit: rings, shard workers, models, fallback, alerts.
 //! - [`uplink`] — batches from the outbox to the sink over HTTP(S); delete after 2xx.
 //! - [`backoff`] — exponential backoff with jitter (plain struct).
 //! - [`service`] — systemd: READY / STOPPING / WATCHDOG notifications.
@@ -74,6 +74,8 @@ pub enum StartError {
     #[error(transparent)]
     Contracts(#[from] contracts::ContractsError),
     #[error(transparent)]
+    Analysis(#[from] analysis::runtime::AnalysisStartError),
+    #[error(transparent)]
     Mqtt(#[from] sources::mqtt::MqttSourceError),
     #[error(transparent)]
     Http(#[from] sources::http::HttpSourceError),
@@ -101,6 +103,15 @@ pub async fn run_with_reload(
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let reload_metrics = reload::ReloadMetrics::new(&mut registry);
+    // Models load (and are checked) before anything listens.
+    let analysis = match &cfg.analysis {
+        Some(a) => Some(analysis::runtime::Analysis::start(
+            a,
+            cfg.mqtt.as_ref(),
+            analysis::AnalysisMetrics::new(&mut registry),
+        )?),
+        None => None,
+    };
     let registry = Arc::new(registry);
 
     let path = cfg.storage.path.clone();
@@ -188,6 +199,10 @@ pub async fn run_with_reload(
         usize::try_from(cfg.storage.quarantine_payload_bytes.as_u64()).unwrap_or(4096),
     )
     .with_validation(validation);
+    let ingest = match &analysis {
+        Some(a) => ingest.with_analysis(a.feed.clone()),
+        None => ingest,
+    };
     let ingest_alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let ingest_task = {
         let alive = ingest_alive.clone();
@@ -292,6 +307,10 @@ pub async fn run_with_reload(
         }
         if let Err(e) = ingest_task.await {
             error!(error = %e, "Ingest task panicked.");
+        }
+        // Ingest has offered its last readings; workers score what is pending.
+        if let Some(a) = analysis {
+            a.stop().await;
         }
         let _ = uplink_task.await;
         if let Some(a) = admin {

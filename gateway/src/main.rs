@@ -48,6 +48,13 @@ enum Command {
         /// Config file (TOML).
         file: PathBuf,
     },
+    /// Show the analysis models a config installs (loaded and checked as the
+    /// daemon would) and, when the daemon runs, its live analysis stats.
+    Models {
+        /// Config file (TOML).
+        #[arg(short, long, default_value = "/etc/outpost/gateway.toml")]
+        config: PathBuf,
+    },
     /// Inspect quarantined payloads.
     Quarantine {
         #[command(subcommand)]
@@ -152,6 +159,28 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::SelfTest { messages } => self_test(messages),
+        Command::Models { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            print!("{}", outpost_gateway::analysis::report::summary(&cfg));
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("outpost-gateway: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            print!(
+                "{}",
+                runtime.block_on(outpost_gateway::analysis::report::live_stats(&cfg))
+            );
+            ExitCode::SUCCESS
+        }
         Command::Quarantine { command } => {
             let config = match &command {
                 QuarantineCommand::List { db, .. }

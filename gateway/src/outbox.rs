@@ -767,9 +767,15 @@ mod tests {
     /// previous handle's file lock for a moment after it is dropped, so a
     /// re-open in the same process retries briefly on `Locked`.
     fn reopen(dir: &Path) -> Outbox {
+        reopen_with(dir, &cfg(1 << 20, WhenFull::Block))
+    }
+
+    /// Opens `dir` again after a drop: sled releases its file lock a moment
+    /// after the last handle goes, which shows under load.
+    fn reopen_with(dir: &Path, c: &StorageConfig) -> Outbox {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            match Outbox::open(dir, &cfg(1 << 20, WhenFull::Block)) {
+            match Outbox::open(dir, c) {
                 Err(OutboxError::Locked { .. }) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
@@ -960,7 +966,7 @@ mod tests {
         let (depth, bytes) = (ob.depth(), ob.bytes());
         ob.flush().unwrap();
         drop(ob);
-        let ob = Outbox::open(dir.path(), &cfg(1 << 24, WhenFull::Block)).unwrap();
+        let ob = reopen_with(dir.path(), &cfg(1 << 24, WhenFull::Block));
         assert_eq!((ob.depth(), ob.bytes()), (depth, bytes));
         assert_eq!(
             seqs(&ob.read_batch(0, usize::MAX, u64::MAX).unwrap()),
@@ -1034,9 +1040,7 @@ mod tests {
 
     /// The quarantine's byte count as a fresh open computes it.
     fn reopened_quarantine_bytes(dir: &Path) -> u64 {
-        Outbox::open(dir, &cfg(1 << 20, WhenFull::Block))
-            .unwrap()
-            .quarantine_bytes()
+        reopen(dir).quarantine_bytes()
     }
 
     #[test]
@@ -1148,7 +1152,7 @@ mod tests {
             assert_eq!(ob.quarantine_bytes(), 0);
             // No flush here: the purge made itself durable.
         }
-        let ob = Outbox::open(dir.path(), &c).unwrap();
+        let ob = reopen_with(dir.path(), &c);
         assert_eq!(ob.quarantine_bytes(), 0);
         assert!(ob.quarantine_list(10).unwrap().is_empty());
         ob.quarantine(&entry(99, "syntax", b"after")).unwrap();
@@ -1266,7 +1270,7 @@ mod tests {
             assert_eq!(ob.checkpoint("file:g").unwrap(), None);
             ob.flush().unwrap();
         }
-        let ob = Outbox::open(dir.path(), &cfg(2_000, WhenFull::Block)).unwrap();
+        let ob = reopen_with(dir.path(), &cfg(2_000, WhenFull::Block));
         assert_eq!(ob.checkpoint("file:g").unwrap(), None);
         assert_ne!(ob.checkpoint("file:f").unwrap(), Some(b"never".to_vec()));
     }
@@ -1300,7 +1304,7 @@ mod tests {
         }
         ob.flush().unwrap();
         drop(ob);
-        let ob = Outbox::open(dir.path(), &cfg(2_000, WhenFull::DropOldest)).unwrap();
+        let ob = reopen_with(dir.path(), &cfg(2_000, WhenFull::DropOldest));
         assert_eq!((ob.depth(), ob.bytes()), (0, 0));
         assert_eq!(ob.checkpoints("").unwrap().len(), 50);
     }

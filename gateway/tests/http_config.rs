@@ -45,7 +45,7 @@ fn an_empty_http_token_is_refused_unless_the_environment_supplies_one() {
 }
 
 #[test]
-fn a_gateway_with_neither_mqtt_nor_http_is_refused() {
+fn a_gateway_without_any_source_is_refused() {
     let out = check_config(
         &HTTP_ONLY
             .replace("[http]", "[log]")
@@ -54,5 +54,8 @@ fn a_gateway_with_neither_mqtt_nor_http_is_refused() {
     );
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("[mqtt] or an [http] section"), "{err}");
+    assert!(
+        err.contains("no source is configured; add one of [mqtt]"),
+        "{err}"
+    );
 }

@@ -6,8 +6,9 @@
 //! Then, per feature `j`, `median_j` and `MAD_j` (median absolute
 //! deviation) of those windows are frozen, and a window's score is
 //! `max_j |x_j − median_j| / s_j` with `s_j = max(1.4826·MAD_j,
-//! 1e-3·|median_j|, 1e-9)` — 1.4826·MAD estimates σ for normal data, and the
-//! floor keeps a feature that was constant during warm-up from dividing by
+//! 1e-3·|median_j|, 1e-9)` — 1.4826·MAD estimates σ for normal data (when
+//! the MAD is 0 because over half the warm-up values are equal,
+//! 1.2533·mean absolute deviation stands in), and the floor keeps a feature that was constant during warm-up from dividing by
 //! zero (any change of it is then a large, finite z). Median and MAD ignore
 //! a few anomalous warm-up windows (up to half of them in theory).
 //!
@@ -17,6 +18,8 @@
 
 /// σ ≈ 1.4826 · MAD for normally distributed data.
 pub const MAD_TO_SIGMA: f64 = 1.4826;
+/// σ ≈ 1.2533 · mean absolute deviation (√(π/2)), used when the MAD is 0.
+pub const MEAN_AD_TO_SIGMA: f64 = 1.2533;
 
 /// Per-device baseline and scorer.
 #[derive(Clone, Debug)]
@@ -107,10 +110,20 @@ impl RobustZ {
             for v in column.iter_mut() {
                 *v = (*v - med).abs();
             }
+            let mean_ad = column.iter().sum::<f64>() / rows as f64;
             let mad = median(&mut column);
+            // MAD is 0 when over half the warm-up values are equal (quantised
+            // sensors, or a statistic that takes few values); the mean
+            // absolute deviation still sees the rest.
+            // "Equal" up to rounding: a statistic computed from equal inputs
+            // in a different order differs in the last bits.
+            let spread = if mad > 1e-9 * med.abs().max(1e-300) {
+                MAD_TO_SIGMA * mad
+            } else {
+                MEAN_AD_TO_SIGMA * mean_ad
+            };
             self.median.push(med);
-            self.scale
-                .push((MAD_TO_SIGMA * mad).max(1e-3 * med.abs()).max(1e-9));
+            self.scale.push(spread.max(1e-3 * med.abs()).max(1e-9));
         }
         self.samples = Vec::new();
     }

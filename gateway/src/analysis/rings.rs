@@ -10,7 +10,7 @@
 //! outbox) and counted in `outpost_gateway_analysis_ring_dropped_total`.
 //! Analysis lags or loses windows; ingest never stalls.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 use protocol::Reading;
@@ -22,19 +22,25 @@ use super::metrics::AnalysisMetrics;
 /// The shard of a device: a stable hash (fixed keys, so the same device
 /// maps to the same shard across restarts) modulo `shards`.
 pub fn shard_of(device: &str, shards: usize) -> usize {
-    let mut h =
-        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-            .build_hasher();
-    device.hash(&mut h);
-    (h.finish() % shards.max(1) as u64) as usize
+    let h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+        .hash_one(device);
+    (h % shards.max(1) as u64) as usize
 }
 
 /// The producer side of every shard's ring. Cheap to share (`Arc`): the
 /// mutex is only ever taken by the single ingest task, uncontended.
-#[derive(Debug)]
 pub struct Feed {
     producers: Mutex<Vec<HeapProd<Reading>>>,
     metrics: AnalysisMetrics,
+}
+
+// By hand: ringbuf's producers are not `Debug`.
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed")
+            .field("depth", &self.depth())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What one `offer` did.

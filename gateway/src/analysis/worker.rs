@@ -498,6 +498,10 @@ pub fn spawn(
                     std::thread::park_timeout(idle);
                 }
             }
+            // Ingest stopped before us: what is in the ring is the last of it.
+            while let Some(r) = ring.try_pop() {
+                shard.push(&r, Instant::now(), &mut send);
+            }
             shard.metrics.ring_depth.dec_by(last_depth);
             shard.flush(Instant::now(), &mut send);
         })?;

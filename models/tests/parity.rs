@@ -1,6 +1,7 @@
 //! Tract vs the plain-Rust reference on the builder's graphs: random
 //! inputs, batches of 1, 64 and 256, scores equal within 1e-5 (relative to
 //! the score's magnitude when it exceeds 1).
+#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 

@@ -6,9 +6,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use outpost_gateway::analysis::alerts::Alert;
 use outpost_gateway::analysis::config::{AnalysisConfig, FallbackConfig};
+use outpost_gateway::analysis::detector::ModelSlots;
 use outpost_gateway::analysis::metrics::ScorerLabel;
-use outpost_gateway::analysis::{Alert, Analysis, AnalysisMetrics, Feed, ModelSlots, Shard};
+use outpost_gateway::analysis::runtime::Analysis;
+use outpost_gateway::analysis::worker::Shard;
+use outpost_gateway::analysis::{AnalysisMetrics, Feed};
 use outpost_gateway::config::{IngestConfig, StorageConfig};
 use outpost_gateway::envelope::{Commit, Content, Envelope};
 use outpost_gateway::ingest::Ingest;
@@ -117,8 +121,7 @@ async fn worker_threads_raise_one_alert_per_injected_spike_from_committed_readin
     let ob = outbox(&dir);
     let metrics = Metrics::new(&mut Registry::default());
     let am = AnalysisMetrics::new(&mut Registry::default());
-    let (_stop_tx, stop_rx) = watch::channel(false);
-    let analysis = Analysis::start(&fallback_cfg(), None, am.clone(), stop_rx).unwrap();
+    let analysis = Analysis::start(&fallback_cfg(), None, am.clone()).unwrap();
     let ingest = Ingest::new(ob, metrics, IngestConfig::default(), 4096)
         .with_analysis(analysis.feed.clone());
     let mut packs = Vec::new();
