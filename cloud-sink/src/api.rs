@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `POST /v1/ingest` | an `UplinkBatch` (CBOR + zstd), bearer token → `{"stored": n, "duplicates": m}` |
 //! | `GET /v1/readings` | `?device=&channel=&from=&to=&limit=` → `{"readings": [...], "count": n}` |
+//! | `GET /v1/alerts` | `?device=&from=&to=&limit=` → `{"alerts": [...], "count": n}` (edge analytics alerts, by start) |
 //! | `GET /v1/gateways` | per-gateway counters → `{"gateways": [...]}` |
 //! | `GET /v1/stats` | totals → `{"gateways", "batches", "readings_stored", "duplicates"}` |
 //! | `GET /metrics` | Prometheus (OpenMetrics text) |
@@ -37,7 +38,9 @@ use tracing::{debug, warn};
 
 use crate::auth::{self, AuthError};
 use crate::metrics::{BatchOutcome, Metrics};
-use crate::storage::{GatewayStats, ReadingQuery, Storage, StorageError, StoredReading};
+use crate::storage::{
+    AlertQuery, GatewayStats, ReadingQuery, Storage, StorageError, StoredAlert, StoredReading,
+};
 
 /// Default and largest `limit` of `GET /v1/readings`.
 pub const DEFAULT_QUERY_LIMIT: u32 = 1000;
@@ -69,6 +72,7 @@ pub fn router(storage: Arc<dyn Storage>, metrics: Arc<Metrics>, limits: BatchLim
     Router::new()
         .route("/v1/ingest", post(ingest))
         .route("/v1/readings", get(readings))
+        .route("/v1/alerts", get(alerts))
         .route("/v1/gateways", get(gateways))
         .route("/v1/stats", get(stats))
         .route("/metrics", get(metrics_text))
@@ -420,14 +424,14 @@ struct ReadingsResponse<'a> {
     count: usize,
 }
 
-async fn readings(
-    State(state): State<AppState>,
-    params: Result<Query<ReadingsParams>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(params) =
-        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+/// `limit`, `from` and `to` of a query, checked (400 naming the parameter).
+fn query_bounds(
+    limit: Option<&str>,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<(u32, Option<i64>, Option<i64>), ApiError> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
-    let limit = match params.limit.as_deref() {
+    let limit = match limit {
         None => DEFAULT_QUERY_LIMIT,
         Some(s) => match s.trim().parse::<u32>() {
             Ok(n) if (1..=MAX_QUERY_LIMIT).contains(&n) => n,
@@ -438,18 +442,84 @@ async fn readings(
             }
         },
     };
-    let from_ns = params
-        .from
-        .as_deref()
+    let from_ns = from
         .map(parse_time)
         .transpose()
         .map_err(|e| bad(format!("from: {e}")))?;
-    let to_ns = params
-        .to
-        .as_deref()
+    let to_ns = to
         .map(parse_time)
         .transpose()
         .map_err(|e| bad(format!("to: {e}")))?;
+    Ok((limit, from_ns, to_ns))
+}
+
+/// Query parameters of `GET /v1/alerts`.
+#[derive(Debug, Deserialize)]
+pub struct AlertsParams {
+    pub device: Option<String>,
+    /// Inclusive lower bound on the alert's start: RFC 3339 or integer nanoseconds.
+    pub from: Option<String>,
+    /// Exclusive upper bound, same forms as `from`.
+    pub to: Option<String>,
+    pub limit: Option<String>,
+}
+
+#[derive(Serialize)]
+struct AlertJson<'a> {
+    #[serde(flatten)]
+    alert: &'a StoredAlert,
+    start: String,
+    end: String,
+}
+
+#[derive(Serialize)]
+struct AlertsResponse<'a> {
+    alerts: Vec<AlertJson<'a>>,
+    count: usize,
+}
+
+async fn alerts(
+    State(state): State<AppState>,
+    params: Result<Query<AlertsParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let (limit, from_ns, to_ns) = query_bounds(
+        params.limit.as_deref(),
+        params.from.as_deref(),
+        params.to.as_deref(),
+    )?;
+    let query = AlertQuery {
+        device: params.device,
+        from_ns,
+        to_ns,
+        limit,
+    };
+    let storage = state.storage.clone();
+    let rows = blocking(move || storage.query_alerts(&query)).await?;
+    let alerts: Vec<AlertJson<'_>> = rows
+        .iter()
+        .map(|a| AlertJson {
+            alert: a,
+            start: rfc3339(a.start_ns),
+            end: rfc3339(a.end_ns),
+        })
+        .collect();
+    let count = alerts.len();
+    Ok(Json(AlertsResponse { alerts, count }).into_response())
+}
+
+async fn readings(
+    State(state): State<AppState>,
+    params: Result<Query<ReadingsParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let (limit, from_ns, to_ns) = query_bounds(
+        params.limit.as_deref(),
+        params.from.as_deref(),
+        params.to.as_deref(),
+    )?;
     let query = ReadingQuery {
         device: params.device,
         channel: params.channel,
@@ -556,6 +626,7 @@ fn route_label(path: &str) -> &'static str {
     match path {
         "/v1/ingest" => "/v1/ingest",
         "/v1/readings" => "/v1/readings",
+        "/v1/alerts" => "/v1/alerts",
         "/v1/gateways" => "/v1/gateways",
         "/v1/stats" => "/v1/stats",
         "/metrics" => "/metrics",

@@ -571,16 +571,21 @@ mod tests {
         };
         let (out, how) = resolve(item("now"), Some(&corr), "now");
         assert_eq!(how, Resolution::Corrected);
-        assert_eq!(out.reading().ts, Timestamp(1_800_000_018 * SEC));
+        assert_eq!(out.reading().unwrap().ts, Timestamp(1_800_000_018 * SEC));
         assert_eq!(
-            out.reading().quality,
+            out.reading().unwrap().quality,
             Quality::TIME_FROM_RECEIVE | Quality::CLOCK_CORRECTED
         );
         let (out, how) = resolve(item("old"), Some(&corr), "now");
         assert_eq!(how, Resolution::Uncorrectable);
-        assert_eq!(out.reading().ts, Timestamp(20 * SEC), "left as it was");
+        assert_eq!(
+            out.reading().unwrap().ts,
+            Timestamp(20 * SEC),
+            "left as it was"
+        );
         assert!(
             out.reading()
+                .unwrap()
                 .quality
                 .contains(Quality::CLOCK_UNCORRECTABLE | Quality::CLOCK_UNSYNCED)
         );

@@ -571,7 +571,7 @@ mod tests {
             .unwrap()
             .iter()
             .map(|r| {
-                let r = r.item.reading();
+                let r = r.item.reading().unwrap();
                 r.ts.0
             })
             .collect();

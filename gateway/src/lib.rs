@@ -103,15 +103,10 @@ pub async fn run_with_reload(
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let reload_metrics = reload::ReloadMetrics::new(&mut registry);
-    // Models load (and are checked) before anything listens.
-    let analysis = match &cfg.analysis {
-        Some(a) => Some(analysis::runtime::Analysis::start(
-            a,
-            cfg.mqtt.as_ref(),
-            analysis::AnalysisMetrics::new(&mut registry),
-        )?),
-        None => None,
-    };
+    let analysis_metrics = cfg
+        .analysis
+        .is_some()
+        .then(|| analysis::AnalysisMetrics::new(&mut registry));
     let registry = Arc::new(registry);
 
     let path = cfg.storage.path.clone();
@@ -128,6 +123,16 @@ pub async fn run_with_reload(
         })?;
     let outbox = Arc::new(outbox);
     info!(path = %cfg.storage.path.display(), state = %outbox.describe(), "Outbox open.");
+    // Models load (and are checked) before anything listens.
+    let analysis = match (&cfg.analysis, analysis_metrics) {
+        (Some(a), Some(m)) => Some(analysis::runtime::Analysis::start(
+            a,
+            cfg.mqtt.as_ref(),
+            Some(outbox.clone()),
+            m,
+        )?),
+        _ => None,
+    };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 

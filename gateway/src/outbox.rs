@@ -934,7 +934,7 @@ mod tests {
         ob.flush().unwrap();
         let all = ob.read_batch(0, usize::MAX, u64::MAX).unwrap();
         assert_eq!(seqs(&all), (1..=1000).collect::<Vec<_>>());
-        let r = all[999].item.reading();
+        let r = all[999].item.reading().unwrap();
         assert_eq!(r.ts, Timestamp(999));
         // From the middle of a segment, across segment boundaries.
         assert_eq!(

@@ -121,8 +121,8 @@ async fn worker_threads_raise_one_alert_per_injected_spike_from_committed_readin
     let ob = outbox(&dir);
     let metrics = Metrics::new(&mut Registry::default());
     let am = AnalysisMetrics::new(&mut Registry::default());
-    let analysis = Analysis::start(&fallback_cfg(), None, am.clone()).unwrap();
-    let ingest = Ingest::new(ob, metrics, IngestConfig::default(), 4096)
+    let analysis = Analysis::start(&fallback_cfg(), None, Some(ob.clone()), am.clone()).unwrap();
+    let ingest = Ingest::new(ob.clone(), metrics, IngestConfig::default(), 4096)
         .with_analysis(analysis.feed.clone());
     let mut packs = Vec::new();
     for t in 0..300 {
@@ -143,6 +143,19 @@ async fn worker_threads_raise_one_alert_per_injected_spike_from_committed_readin
     analysis.stop().await;
     assert_eq!(am.anomalies.get(), 1, "one spike on one device, one alert");
     assert_eq!(am.ring_dropped.get(), 0);
+    // The alert is in the outbox after the readings, for the uplink.
+    assert_eq!(am.alerts_stored.get(), 1);
+    let records = ob.read_batch(1, 10_000, u64::MAX).unwrap();
+    let alerts: Vec<&protocol::alert::Alert> = records
+        .iter()
+        .filter_map(|r| match &r.item {
+            protocol::batch::OutboxItem::Alert(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(alerts.len(), 1, "{} records", records.len());
+    assert_eq!(alerts[0].device, "pump-2");
+    assert_eq!(records.len(), 1200 * 2 + 1, "every reading and the alert");
     let scored = am
         .windows_scored
         .get_or_create(&ScorerLabel { scorer: "fallback" })

@@ -569,7 +569,12 @@ async fn rejected_readings_are_quarantined_and_the_rest_of_the_message_is_stored
     let items = stored(&outbox);
     let kept: Vec<(&str, f64)> = items
         .iter()
-        .map(|i| (i.reading().channel.as_str(), i.reading().value))
+        .map(|i| {
+            (
+                i.reading().unwrap().channel.as_str(),
+                i.reading().unwrap().value,
+            )
+        })
         .collect();
     assert_eq!(kept, [("temperature", 20.0), ("flow", 0.01)]);
     let q = outbox.quarantine_list(10).unwrap();
@@ -681,7 +686,7 @@ async fn readings_timed_while_unsynchronised_are_stamped_and_corrected_after_syn
     // Still unsynchronised: it leaves uncorrected, flagged.
     let (out, how) = clock::resolve(items[0].clone(), monitor.correction().as_ref(), "boot-1");
     assert_eq!(how, Resolution::StillUnsynced);
-    assert_eq!(out.reading().ts, Timestamp(100 * SEC));
+    assert_eq!(out.reading().unwrap().ts, Timestamp(100 * SEC));
 
     // 50 s later NTP steps the clock to the true time; monotonic is 150 s.
     manual.advance(Duration::from_secs(50));
@@ -690,9 +695,9 @@ async fn readings_timed_while_unsynchronised_are_stamped_and_corrected_after_syn
     let (out, how) = clock::resolve(items[0].clone(), Some(&correction), &monitor.boot_id());
     assert_eq!(how, Resolution::Corrected);
     // Received 50 s before the true time NOW.
-    assert_eq!(out.reading().ts, Timestamp(NOW - 50 * SEC));
+    assert_eq!(out.reading().unwrap().ts, Timestamp(NOW - 50 * SEC));
     assert_eq!(
-        out.reading().quality,
+        out.reading().unwrap().quality,
         Quality::TIME_FROM_RECEIVE | Quality::CLOCK_CORRECTED
     );
     let (out, how) = clock::resolve(items[1].clone(), Some(&correction), &monitor.boot_id());
@@ -705,8 +710,13 @@ async fn readings_timed_while_unsynchronised_are_stamped_and_corrected_after_syn
     assert_eq!(how, Resolution::Uncorrectable);
     assert!(
         out.reading()
+            .unwrap()
             .quality
             .contains(Quality::CLOCK_UNCORRECTABLE | Quality::CLOCK_UNSYNCED)
     );
-    assert_eq!(out.reading().ts, Timestamp(100 * SEC), "left as it was");
+    assert_eq!(
+        out.reading().unwrap().ts,
+        Timestamp(100 * SEC),
+        "left as it was"
+    );
 }

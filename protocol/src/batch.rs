@@ -15,8 +15,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::reading::{ClockStamp, Reading};
 
-/// The schema version this crate writes and the highest it reads.
-pub const SCHEMA_VERSION: u16 = 1;
+/// The highest schema version this crate reads. Version 2 added
+/// [`OutboxItem::Alert`]; a batch without alerts is still written as version
+/// 1, so a gateway that raises no alerts keeps working with an older sink.
+pub const SCHEMA_VERSION: u16 = 2;
+/// The version of a batch with no alert in it.
+pub const SCHEMA_VERSION_READINGS_ONLY: u16 = 1;
 /// MIME type of the (uncompressed) body.
 pub const CONTENT_TYPE: &str = "application/cbor";
 /// `Content-Encoding` of the body.
@@ -46,20 +50,24 @@ pub enum OutboxItem {
         reading: Reading,
         clock: ClockStamp,
     },
+    /// An anomaly alert of the gateway's edge analytics (schema version 2).
+    Alert(crate::alert::Alert),
 }
 
 impl OutboxItem {
-    /// The reading, whichever kind of item carries it.
-    pub fn reading(&self) -> &Reading {
+    /// The reading, whichever kind of item carries it (`None` for an alert).
+    pub fn reading(&self) -> Option<&Reading> {
         match self {
-            OutboxItem::Reading(r) | OutboxItem::ClockPending { reading: r, .. } => r,
+            OutboxItem::Reading(r) | OutboxItem::ClockPending { reading: r, .. } => Some(r),
+            OutboxItem::Alert(_) => None,
         }
     }
 
     /// The reading, mutably.
-    pub fn reading_mut(&mut self) -> &mut Reading {
+    pub fn reading_mut(&mut self) -> Option<&mut Reading> {
         match self {
-            OutboxItem::Reading(r) | OutboxItem::ClockPending { reading: r, .. } => r,
+            OutboxItem::Reading(r) | OutboxItem::ClockPending { reading: r, .. } => Some(r),
+            OutboxItem::Alert(_) => None,
         }
     }
 }
@@ -117,6 +125,8 @@ impl Default for BatchLimits {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
+    #[error("alert at seq {seq} is malformed: {problem}")]
+    BadAlert { seq: u64, problem: String },
     #[error("batch has no records")]
     Empty,
     #[error("records are not in strictly increasing sequence order at index {0}")]
@@ -149,8 +159,15 @@ impl UplinkBatch {
             (Some(f), Some(l)) => (f.seq, l.seq),
             _ => return Err(BatchError::Empty),
         };
+        let has_alerts = records
+            .iter()
+            .any(|r| matches!(r.item, OutboxItem::Alert(_)));
         let batch = UplinkBatch {
-            schema_version: SCHEMA_VERSION,
+            schema_version: if has_alerts {
+                SCHEMA_VERSION
+            } else {
+                SCHEMA_VERSION_READINGS_ONLY
+            },
             gateway_id: gateway_id.into(),
             outbox_epoch: 0,
             first_seq: first,
@@ -259,12 +276,28 @@ impl UplinkBatch {
         {
             return Err(BatchError::UnresolvedClock(r.seq));
         }
+        if let Some((seq, problem)) = self
+            .alerts()
+            .find_map(|(seq, a)| a.problem().map(|p| (seq, p)))
+        {
+            return Err(BatchError::BadAlert { seq, problem });
+        }
         Ok(())
     }
 
     /// The readings in the batch, in sequence order.
     pub fn readings(&self) -> impl Iterator<Item = (u64, &Reading)> {
-        self.records.iter().map(|r| (r.seq, r.item.reading()))
+        self.records
+            .iter()
+            .filter_map(|r| r.item.reading().map(|reading| (r.seq, reading)))
+    }
+
+    /// The alerts in the batch, in sequence order.
+    pub fn alerts(&self) -> impl Iterator<Item = (u64, &crate::alert::Alert)> {
+        self.records.iter().filter_map(|r| match &r.item {
+            OutboxItem::Alert(a) => Some((r.seq, a)),
+            _ => None,
+        })
     }
 }
 
@@ -429,7 +462,7 @@ mod tests {
         let mut b = batch([1]);
         b.schema_version = SCHEMA_VERSION + 1;
         let e = UplinkBatch::decode(&raw_body(&b), &BatchLimits::default()).unwrap_err();
-        assert!(matches!(e, BatchError::UnsupportedSchema(2)), "{e:?}");
+        assert!(matches!(e, BatchError::UnsupportedSchema(3)), "{e:?}");
     }
 
     #[test]
@@ -437,7 +470,7 @@ mod tests {
         use ciborium::Value;
         let text = |s: &str| Value::Text(s.into());
         let v2 = Value::Map(vec![
-            (text("schema_version"), Value::Integer(2.into())),
+            (text("schema_version"), Value::Integer(3.into())),
             (text("gateway_id"), text("gw")),
             (text("first_seq"), Value::Integer(1.into())),
             (text("last_seq"), Value::Integer(1.into())),
@@ -456,7 +489,7 @@ mod tests {
         ciborium::into_writer(&v2, &mut cbor).unwrap();
         let body = zstd::bulk::compress(&cbor, 3).unwrap();
         let e = UplinkBatch::decode(&body, &BatchLimits::default()).unwrap_err();
-        assert!(matches!(e, BatchError::UnsupportedSchema(2)), "{e:?}");
+        assert!(matches!(e, BatchError::UnsupportedSchema(3)), "{e:?}");
     }
 
     #[test]
@@ -489,7 +522,7 @@ mod tests {
     #[test]
     fn decode_refuses_invalid_readings_inside_a_batch() {
         let mut b = batch([1]);
-        b.records[0].item.reading_mut().channel = String::new();
+        b.records[0].item.reading_mut().unwrap().channel = String::new();
         let e = UplinkBatch::decode(&raw_body(&b), &BatchLimits::default()).unwrap_err();
         assert!(matches!(e, BatchError::Cbor(_)), "{e:?}");
     }
@@ -518,7 +551,7 @@ mod tests {
     #[test]
     fn a_clock_pending_item_round_trips_through_cbor_but_never_goes_into_a_batch() {
         let mut rec = record(1);
-        let reading = rec.item.reading().clone();
+        let reading = rec.item.reading().unwrap().clone();
         rec.item = OutboxItem::ClockPending {
             reading: reading.clone(),
             clock: ClockStamp {
@@ -530,7 +563,7 @@ mod tests {
         ciborium::into_writer(&rec.item, &mut cbor).unwrap();
         let back: OutboxItem = ciborium::from_reader(cbor.as_slice()).unwrap();
         assert_eq!(back, rec.item);
-        assert_eq!(back.reading(), &reading);
+        assert_eq!(back.reading(), Some(&reading));
         assert!(matches!(
             UplinkBatch::new("gw", vec![record(0), rec.clone()]),
             Err(BatchError::UnresolvedClock(1))
@@ -569,16 +602,61 @@ mod tests {
         ciborium::into_writer(&old, &mut cbor).unwrap();
         let item: OutboxItem = ciborium::from_reader(cbor.as_slice()).unwrap();
         assert_eq!(
-            item.reading().quality,
+            item.reading().unwrap().quality,
             Quality::TIME_FROM_RECEIVE | Quality::CLOCK_UNSYNCED
         );
         // And bits this version does not know survive a round trip (a newer
         // gateway's flags reach an older sink intact).
-        let mut r = item.reading().clone();
+        let mut r = item.reading().unwrap().clone();
         r.quality = Quality::from_bits_retain(1 << 15 | 1);
         let mut cbor = Vec::new();
         ciborium::into_writer(&OutboxItem::Reading(r.clone()), &mut cbor).unwrap();
         let back: OutboxItem = ciborium::from_reader(cbor.as_slice()).unwrap();
-        assert_eq!(back.reading().quality.bits(), 1 << 15 | 1);
+        assert_eq!(back.reading().unwrap().quality.bits(), 1 << 15 | 1);
+    }
+    fn alert(device: &str) -> crate::alert::Alert {
+        crate::alert::Alert {
+            device: device.into(),
+            start: Timestamp(10),
+            end: Timestamp(20),
+            score: 9.0,
+            threshold: 8.0,
+            model: "fallback".into(),
+            model_version: 0,
+            channels: vec![crate::alert::Contribution {
+                channel: "current".into(),
+                z: 9.0,
+            }],
+            raised: Timestamp(30),
+        }
+    }
+
+    #[test]
+    fn alerts_travel_with_readings_as_schema_2_and_readings_alone_stay_schema_1() {
+        assert_eq!(batch(1..=3).schema_version, SCHEMA_VERSION_READINGS_ONLY);
+        let mut records: Vec<OutboxRecord> = (1..=3).map(record).collect();
+        records.push(OutboxRecord {
+            seq: 4,
+            item: OutboxItem::Alert(alert("pump-1")),
+        });
+        let b = UplinkBatch::new("gw-1", records).unwrap();
+        assert_eq!(b.schema_version, 2);
+        let back = UplinkBatch::decode(&b.encode(3).unwrap(), &BatchLimits::default()).unwrap();
+        assert_eq!(back, b);
+        assert_eq!(back.readings().count(), 3);
+        let alerts: Vec<_> = back.alerts().collect();
+        assert_eq!(alerts, vec![(4, &alert("pump-1"))]);
+    }
+
+    #[test]
+    fn a_malformed_alert_refuses_the_batch_naming_its_seq() {
+        let records = vec![OutboxRecord {
+            seq: 7,
+            item: OutboxItem::Alert(alert("")),
+        }];
+        assert!(matches!(
+            UplinkBatch::new("gw-1", records),
+            Err(BatchError::BadAlert { seq: 7, .. })
+        ));
     }
 }

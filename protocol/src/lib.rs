@@ -13,6 +13,7 @@
 //! - [`manifest`] — the model manifest: input spec, feature spec, threshold, hysteresis, metadata.
 #![forbid(unsafe_code)]
 
+pub mod alert;
 pub mod batch;
 pub mod csv;
 pub mod features;

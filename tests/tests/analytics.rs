@@ -1,7 +1,8 @@
 //! Edge analytics end to end: the simulator injects anomalies and writes
 //! their ground truth; the gateway's fallback detector (robust z-score, no
 //! model installed) raises alerts on `outpost/alerts/{device}`; a
-//! `mosquitto_sub` records them. Precision and recall are measured against
+//! `mosquitto_sub` records them, and the sink holds the same alerts
+//! (outbox → uplink → `GET /v1/alerts`). Precision and recall are measured against
 //! the ground truth and printed; the asserted floors are below the measured
 //! values with a margin (see the constants).
 #![allow(clippy::unwrap_used)]
@@ -190,6 +191,43 @@ min_interval = "1ms"
         alerts.len() as f64,
         raised,
         "every raised alert is on the MQTT topic"
+    );
+
+    // The same alerts reached the sink through the outbox and the uplink.
+    assert_eq!(
+        gw.metric("outpost_gateway_analysis_alerts_stored_total"),
+        raised,
+        "every alert went into the outbox"
+    );
+    let url = format!("{}/v1/alerts?limit=100000", sink.url());
+    let in_sink = outpost_tests::wait_for(Duration::from_secs(60), "alerts in the sink", || {
+        let text = outpost_tests::reqwest::blocking_get_text(&url).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        (v["count"].as_f64()? >= raised).then_some(v)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_tail(30)));
+    assert_eq!(in_sink["count"].as_f64(), Some(raised));
+    let mut sink_spans: Vec<(String, i64, i64)> = in_sink["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["device"].as_str().unwrap().to_owned(),
+                a["start_ns"].as_i64().unwrap(),
+                a["end_ns"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let mut mqtt_spans: Vec<(String, i64, i64)> = alerts
+        .iter()
+        .map(|a| (a.device.clone(), a.start, a.end))
+        .collect();
+    sink_spans.sort();
+    mqtt_spans.sort();
+    assert_eq!(
+        sink_spans, mqtt_spans,
+        "the sink and the MQTT topic saw the same alerts"
     );
 
     let truth = read_truth(&truth_path);

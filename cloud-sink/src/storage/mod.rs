@@ -47,6 +47,38 @@ pub struct IngestOutcome {
     /// gateway bug). The readings are stored all the same.
     #[serde(skip)]
     pub seq_conflicts: u64,
+    /// Alerts newly stored (a batch sent twice stores them once).
+    pub alerts: u64,
+}
+
+/// One stored alert, as the query API returns it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StoredAlert {
+    pub gateway: String,
+    pub device: String,
+    /// The anomalous span, nanoseconds since the Unix epoch.
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub score: f64,
+    pub threshold: f64,
+    pub model: String,
+    pub model_version: u64,
+    /// The channels that deviated most, largest first.
+    pub channels: Vec<protocol::alert::Contribution>,
+    /// When the gateway raised it.
+    pub raised_ns: i64,
+    /// The gateway's outbox sequence number.
+    pub seq: u64,
+}
+
+/// Filter for [`Storage::query_alerts`] (on the alert's start; `from`
+/// inclusive, `to` exclusive).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AlertQuery {
+    pub device: Option<String>,
+    pub from_ns: Option<i64>,
+    pub to_ns: Option<i64>,
+    pub limit: u32,
 }
 
 /// One stored reading, as the query API returns it.
@@ -110,6 +142,8 @@ pub trait Storage: Send + Sync + 'static {
     fn ingest(&self, gateway: &str, batch: &UplinkBatch) -> Result<IngestOutcome, StorageError>;
     /// Readings matching `query`, ordered by time, then device, then channel.
     fn query_readings(&self, query: &ReadingQuery) -> Result<Vec<StoredReading>, StorageError>;
+    /// Alerts matching `query`, ordered by start time, then device.
+    fn query_alerts(&self, query: &AlertQuery) -> Result<Vec<StoredAlert>, StorageError>;
     /// Every gateway with its counters, ordered by name.
     fn gateways(&self) -> Result<Vec<GatewayStats>, StorageError>;
     /// Totals across all gateways.

@@ -1,4 +1,5 @@
-//! Alerts: the event, the per-device rate limit, and delivery over MQTT.
+//! Alerts: the event, the per-device rate limit, and delivery: to the
+//! outbox (so the sink gets them through the uplink) and over MQTT.
 //!
 //! Workers (OS threads) hand alerts to one async task through a bounded
 //! channel (`try_send`; full → dropped, counted as `queue_full`). The task
@@ -10,47 +11,20 @@
 //! `publish_queue_full`): the newest state of a device matters most.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::Timestamp;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::config::AlertsConfig;
 use super::metrics::AnalysisMetrics;
 use crate::config::{MqttConfig, MqttMode};
+use crate::outbox::Outbox;
+use protocol::batch::OutboxItem;
 
-/// One channel's share in an alert: its largest robust |z| in the window.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Contribution {
-    pub channel: String,
-    pub z: f64,
-}
-
-/// An anomaly event.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Alert {
-    pub device: String,
-    /// First frame time of the earliest anomalous window still counted by
-    /// the hysteresis.
-    pub start: Timestamp,
-    /// Last frame time of the window that raised the alert.
-    pub end: Timestamp,
-    /// That window's score.
-    pub score: f64,
-    pub threshold: f64,
-    /// `fallback` or the model's name.
-    pub model: String,
-    /// 0 for the fallback detector.
-    pub model_version: u64,
-    /// The channels that deviated most, largest first (robust z against the
-    /// device's baseline; empty while the baseline warms up).
-    pub channels: Vec<Contribution>,
-    /// Gateway time the alert was raised.
-    pub raised: Timestamp,
-}
+pub use protocol::alert::{Alert, Contribution};
 
 /// Per-device deduplication by time: at most one alert per `min_interval`.
 #[derive(Debug)]
@@ -182,6 +156,38 @@ pub fn mqtt_options(cfg: &MqttConfig) -> Result<MqttOptions, AlertError> {
     Ok(o)
 }
 
+/// Writes the alert to the outbox (durably: alerts are rare, one flush
+/// each), so the uplink delivers it to the sink like a reading. A full
+/// outbox or a storage error drops it, counted as `outbox`.
+async fn store(outbox: &Arc<Outbox>, alert: &Alert, metrics: &AnalysisMetrics) {
+    let mut encoded = Vec::with_capacity(256);
+    if let Err(e) = ciborium::into_writer(&OutboxItem::Alert(alert.clone()), &mut encoded) {
+        warn!(error = %e, "Cannot encode an alert for the outbox.");
+        metrics.dropped("outbox");
+        return;
+    }
+    let ob = outbox.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        ob.append_encoded(&[encoded])?;
+        ob.flush()
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => {
+            metrics.alerts_stored.inc();
+            outbox.data_added.notify_one();
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, device = %alert.device, "Alert not stored in the outbox; it goes to MQTT only.");
+            metrics.dropped("outbox");
+        }
+        Err(e) => {
+            warn!(error = %e, "Alert store task failed.");
+            metrics.dropped("outbox");
+        }
+    }
+}
+
 fn qos(q: u8) -> QoS {
     match q {
         0 => QoS::AtMostOnce,
@@ -196,6 +202,7 @@ pub async fn deliver(
     mut rx: mpsc::Receiver<Alert>,
     cfg: AlertsConfig,
     mqtt: Option<MqttOptions>,
+    outbox: Option<Arc<Outbox>>,
     metrics: AnalysisMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -239,6 +246,9 @@ pub async fn deliver(
                         channels = ?alert.channels.iter().map(|c| c.channel.as_str()).collect::<Vec<_>>(),
                         "Anomaly alert."
                     );
+                    if let Some(outbox) = &outbox {
+                        store(outbox, &alert, &metrics).await;
+                    }
                     if client.is_some() && queue.push(alert).is_some() {
                         metrics.dropped("publish_queue_full");
                     }
@@ -297,6 +307,7 @@ pub async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::Timestamp;
 
     #[test]
     fn one_alert_per_device_per_interval() {

@@ -16,6 +16,7 @@ use super::metrics::AnalysisMetrics;
 use super::rings::Feed;
 use super::worker::{self, Shard, WorkerHandle};
 use crate::config::MqttConfig;
+use crate::outbox::Outbox;
 
 /// Alerts in flight from the workers to the delivery task; past it an alert
 /// is dropped and counted (`queue_full`).
@@ -50,10 +51,12 @@ pub struct Analysis {
 
 impl Analysis {
     /// Loads the configured models, spawns the shard workers and the alert
-    /// delivery (over MQTT when `mqtt` is configured and `alerts.mqtt` is on).
+    /// delivery: into `outbox` (for the sink) when given, and over MQTT when
+    /// `mqtt` is configured and `alerts.mqtt` is on.
     pub fn start(
         cfg: &AnalysisConfig,
         mqtt: Option<&MqttConfig>,
+        outbox: Option<Arc<Outbox>>,
         metrics: AnalysisMetrics,
     ) -> Result<Analysis, AnalysisStartError> {
         let active = ModelSlots::load(cfg.model.as_ref())?;
@@ -94,6 +97,7 @@ impl Analysis {
             alert_rx,
             cfg.alerts.clone(),
             mqtt_options,
+            outbox,
             metrics,
             delivery_stop_rx,
         ));
