@@ -258,6 +258,10 @@ fn self_test(messages: usize) -> ExitCode {
                 "ingest: {} messages, {} readings committed to a temporary outbox and read back identical in {:?}",
                 report.messages, report.readings, report.elapsed
             );
+            println!(
+                "analysis: {} windows scored by a tract ONNX model through the worker; tract vs reference within {:.1e} (relative)",
+                report.windows_scored, report.max_score_diff
+            );
             println!("self-test: OK");
             ExitCode::SUCCESS
         }

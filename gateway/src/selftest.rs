@@ -7,7 +7,10 @@
 //! Steps: create a temporary outbox (removed afterwards), decode SenML JSON
 //! payloads with the real decoder, push them through the real ingest stage
 //! (group commit, fsync, commit results), read every record back in sequence
-//! order and compare it with what went in.
+//! order and compare it with what went in. Then score windows of those
+//! readings with an ONNX model built here and run by tract (its kernels are
+//! per CPU architecture), through the analysis worker's code, and compare the
+//! scores with the plain-Rust reference evaluation of the same graph.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,10 +57,20 @@ pub enum SelfTestError {
     Timeout(Duration),
     #[error("a blocking task failed: {0}")]
     Task(String),
+    #[error("model: {0}")]
+    Model(String),
+    #[error(
+        "model scores differ from the reference: window {window}: tract {tract}, reference {reference}"
+    )]
+    ModelParity {
+        window: usize,
+        tract: f64,
+        reference: f64,
+    },
 }
 
 /// What the self-test did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SelfTestReport {
     /// Messages (SenML packs) pushed through ingest.
     pub messages: usize,
@@ -65,6 +78,128 @@ pub struct SelfTestReport {
     pub readings: usize,
     /// Wall time of ingest + read-back.
     pub elapsed: Duration,
+    /// Windows the test model scored through the analysis worker.
+    pub windows_scored: u64,
+    /// Largest |tract − reference| / max(|reference|, 1) over those windows' scores.
+    pub max_score_diff: f64,
+}
+
+/// Tract must match the reference evaluation this closely (relative to the
+/// score's magnitude above 1), as the training export check demands.
+const PARITY: f64 = 1e-5;
+
+/// Scores windows of `readings` (those of the self-test packs) with a
+/// standardised-energy ONNX model through [`Shard`], the analysis worker's
+/// core, and checks each score against [`ReferenceModel`].
+///
+/// [`Shard`]: crate::analysis::worker::Shard
+/// [`ReferenceModel`]: outpost_models::ReferenceModel
+fn score_windows(readings: &[Reading]) -> Result<(u64, f64), SelfTestError> {
+    use crate::analysis::config::AnalysisConfig;
+    use crate::analysis::detector::ModelSlots;
+    use crate::analysis::metrics::{AnalysisMetrics, ScorerLabel};
+    use crate::analysis::worker::Shard;
+    use outpost_models::builder::graphs;
+    use outpost_models::{Model, ReferenceModel};
+    use protocol::features::{FeatureExtractor, FeatureSpec, Stat, Window};
+    use protocol::manifest::{
+        Hysteresis, InputSpec, MANIFEST_FORMAT, ModelFamily, ModelManifest, ModelMetadata,
+        ScoreSpec,
+    };
+
+    const WINDOW: usize = 10;
+    let channels: Vec<String> = ["temperature", "humidity", "vibration"]
+        .map(String::from)
+        .to_vec();
+    let features = FeatureSpec {
+        channels: channels.clone(),
+        stats: vec![Stat::Mean, Stat::Std],
+        bands: None,
+        raw: false,
+    };
+    let manifest = ModelManifest {
+        format: MANIFEST_FORMAT,
+        name: "self-test".into(),
+        version: 1,
+        family: ModelFamily::Other,
+        input: InputSpec {
+            channels: channels.clone(),
+            window_len: WINDOW,
+            hop: WINDOW,
+            frame_period: Duration::from_secs(1),
+        },
+        features: features.clone(),
+        score: ScoreSpec {
+            threshold: 1e9,
+            hysteresis: Hysteresis { k: 1, n: 1 },
+        },
+        metadata: ModelMetadata::default(),
+    };
+    let model_err = |e: &dyn std::fmt::Display| SelfTestError::Model(e.to_string());
+    let means = [21.0, 43.0, 0.0, 1.0, 3.0, 0.5];
+    let scales = [1.0, 2.0, 0.7, 0.5, 2.0, 0.3];
+    let onnx = graphs::standardized_energy(&means, &scales).map_err(|e| model_err(&e))?;
+    let model = Model::load(&onnx, manifest).map_err(|e| model_err(&e))?;
+    let reference = ReferenceModel::from_bytes(&onnx).map_err(|e| model_err(&e))?;
+
+    // The worker's path: frames, windows, features, batched tract inference.
+    let metrics = AnalysisMetrics::new(&mut prometheus_client::registry::Registry::default());
+    let slots = std::sync::Arc::new(ModelSlots::new(Some(model), None, metrics.clone()));
+    let cfg = AnalysisConfig {
+        batch_size: 8,
+        hold: Duration::from_secs(1),
+        reorder: Duration::ZERO,
+        ..AnalysisConfig::default()
+    };
+    let mut shard = Shard::new(cfg, slots.clone(), metrics.clone()).map_err(|e| model_err(&e))?;
+    let now = Instant::now();
+    for r in readings {
+        shard.push(r, now, &mut |_| {});
+    }
+    shard.flush(now, &mut |_| {});
+    let scored = metrics
+        .windows_scored
+        .get_or_create(&ScorerLabel { scorer: "model" })
+        .get();
+    if scored == 0 {
+        return Err(SelfTestError::Model("no window was scored".into()));
+    }
+
+    // The same windows, scored directly by tract and by the reference.
+    let mut extractor = FeatureExtractor::new(&features, WINDOW).map_err(|e| model_err(&e))?;
+    let width = extractor.len();
+    let frames = readings.len() / channels.len();
+    let mut rows: Vec<f32> = Vec::new();
+    let mut buf = vec![0.0f64; width];
+    for w in 0..frames / WINDOW {
+        let values: Vec<f64> = readings[w * WINDOW * 3..(w + 1) * WINDOW * 3]
+            .iter()
+            .map(|r| r.value)
+            .collect();
+        let window = Window::try_new(&values, channels.len(), 1.0).map_err(|e| model_err(&e))?;
+        extractor
+            .extract(&window, &mut buf)
+            .map_err(|e| model_err(&e))?;
+        rows.extend(buf.iter().map(|&v| v as f32));
+    }
+    let active = slots
+        .active()
+        .ok_or_else(|| SelfTestError::Model("the model slot is empty".into()))?;
+    let tract = active.score(&rows).map_err(|e| model_err(&e))?;
+    let want = reference.scores(&rows, width).map_err(|e| model_err(&e))?;
+    let mut max_diff = 0.0f64;
+    for (window, (&t, &r)) in tract.iter().zip(&want).enumerate() {
+        let diff = (f64::from(t) - r).abs() / r.abs().max(1.0);
+        if diff > PARITY {
+            return Err(SelfTestError::ModelParity {
+                window,
+                tract: f64::from(t),
+                reference: r,
+            });
+        }
+        max_diff = max_diff.max(diff);
+    }
+    Ok((scored, max_diff))
 }
 
 /// Removes the temporary outbox directory when dropped.
@@ -219,10 +354,17 @@ async fn run_inner(messages: usize) -> Result<SelfTestReport, SelfTestError> {
         .map_err(|e| SelfTestError::Task(e.to_string()))??;
     // Close the database before its directory is removed.
     drop(outbox);
+    let elapsed = started.elapsed();
+    let (windows_scored, max_score_diff) =
+        tokio::task::spawn_blocking(move || score_windows(&sent))
+            .await
+            .map_err(|e| SelfTestError::Task(e.to_string()))??;
     Ok(SelfTestReport {
         messages,
         readings: expected,
-        elapsed: started.elapsed(),
+        elapsed,
+        windows_scored,
+        max_score_diff,
     })
 }
 
@@ -235,6 +377,9 @@ mod tests {
         let report = run(20).await.unwrap();
         assert_eq!(report.messages, 20);
         assert_eq!(report.readings, 60);
+        // 20 frames, windows of 10: the second is cut when frame 20 closes it.
+        assert!(report.windows_scored >= 1, "{report:?}");
+        assert!(report.max_score_diff <= PARITY, "{report:?}");
     }
 
     #[test]
