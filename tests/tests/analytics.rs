@@ -1,17 +1,24 @@
 //! Edge analytics end to end: the simulator injects anomalies and writes
-//! their ground truth; the gateway's fallback detector (robust z-score, no
-//! model installed) raises alerts on `outpost/alerts/{device}`; a
-//! `mosquitto_sub` records them, and the sink holds the same alerts
-//! (outbox → uplink → `GET /v1/alerts`). Precision and recall are measured against
-//! the ground truth and printed; the asserted floors are below the measured
-//! values with a margin (see the constants).
+//! their ground truth; the gateway's analysis raises alerts on
+//! `outpost/alerts/{device}`, which a `mosquitto_sub` records, and the sink
+//! holds the same alerts (outbox → uplink → `GET /v1/alerts`). Precision and
+//! recall are measured against the ground truth and printed; the asserted
+//! floors are below the measured values with a margin (see the constants).
+//!
+//! Two detectors: the fallback (robust z-score, no model installed), and a
+//! Gaussian (Mahalanobis) model trained by `outpost-cloud-sink train` on
+//! normal data the same gateway delivered to the sink, exported as ONNX and
+//! installed on the gateway.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use outpost_tests::{Gateway, GatewayOpts, Mosquitto, Proc, Sink, free_port, run_sim, test_dir};
+use outpost_tests::{
+    Gateway, GatewayOpts, Identity, Mosquitto, Proc, Sink, bin, free_port, run_sim, test_dir,
+};
 
 /// Simulated seconds per device; one reading pack per second per device.
 const TICKS: u64 = 1500;
@@ -30,6 +37,7 @@ const WARMUP: i64 = 20;
 /// measured values with room for frame-assembly timing differences.
 const MIN_PRECISION: f64 = 0.4;
 const MIN_RECALL: f64 = 0.3;
+const CHANNELS: [&str; 5] = ["current", "flow", "pressure", "temperature", "vibration"];
 
 #[derive(Debug)]
 struct Truth {
@@ -46,7 +54,7 @@ struct AlertSeen {
     end: i64,
 }
 
-fn read_truth(path: &std::path::Path) -> Vec<Truth> {
+fn read_truth(path: &Path) -> Vec<Truth> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -64,7 +72,7 @@ fn read_truth(path: &std::path::Path) -> Vec<Truth> {
         .collect()
 }
 
-fn read_alerts(path: &std::path::Path) -> Vec<AlertSeen> {
+fn read_alerts(path: &Path) -> Vec<AlertSeen> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -82,55 +90,37 @@ fn read_alerts(path: &std::path::Path) -> Vec<AlertSeen> {
         .collect()
 }
 
-#[test]
-fn injected_anomalies_raise_alerts_on_mqtt_with_a_measured_precision_and_recall() {
-    let dir = test_dir();
-    let dir = dir.path();
-    let broker = Mosquitto::start(dir).unwrap();
-    let sink = Sink::start(dir, "gw-test", free_port()).unwrap();
-    let mut opts = GatewayOpts::new(broker.port, &sink);
-    opts.extra = format!(
-        r#"
-[analysis]
-shards = 2
-batch_size = 32
-batch_latency = "20ms"
-hold = "2s"
-reorder = "0s"
-[analysis.fallback]
-channels = ["current", "vibration", "pressure", "temperature", "flow"]
-frame_period = "1s"
-window_len = {WINDOW}
-hop = {HOP}
-warmup_windows = {WARMUP}
-threshold = 8.0
-k = 1
-n = 1
-[analysis.alerts]
-min_interval = "1ms"
-"#
-    );
-    let mut gw = Gateway::start(dir, &opts).unwrap();
-
-    let alerts_log = dir.join("alerts.txt");
-    let _sub = Proc::spawn(
+/// `mosquitto_sub` writing every alert (topic and JSON) to `log`.
+fn subscribe_alerts(broker: &Mosquitto, log: &Path) -> Proc {
+    let sub = Proc::spawn(
         "mosquitto_sub",
         Command::new("mosquitto_sub")
             .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
             .args(["-t", "outpost/alerts/#", "-q", "1", "-v"]),
-        alerts_log.clone(),
+        log.to_owned(),
     )
     .unwrap();
     std::thread::sleep(Duration::from_secs(1));
+    sub
+}
 
-    let truth_path = dir.join("truth.csv");
-    let port = broker.port.to_string();
-    let count = (TICKS * DEVICES).to_string();
+/// Runs the simulator (QoS 1, one pack per device per simulated second)
+/// from `start` with `anomaly_rate`, writing its ground truth to `truth`.
+fn simulate(
+    dir: &Path,
+    broker: &Mosquitto,
+    start: &str,
+    ticks: u64,
+    anomaly_rate: &str,
+    seed: &str,
+    truth: &Path,
+) -> HashSet<Identity> {
+    let count = (ticks * DEVICES).to_string();
     let acked = run_sim(
         dir,
         &[
             "--broker",
-            &format!("127.0.0.1:{port}"),
+            &format!("127.0.0.1:{}", broker.port),
             "--devices",
             &DEVICES.to_string(),
             "--rate",
@@ -140,30 +130,41 @@ min_interval = "1ms"
             "--sim-step",
             "1s",
             "--start-time",
-            "2026-01-01T00:00:00Z",
+            start,
             "--anomaly-rate",
-            "0.004",
+            anomaly_rate,
             "--seed",
-            "11",
+            seed,
             "--qos",
             "1",
             "--ground-truth",
-            truth_path.to_str().unwrap(),
+            truth.to_str().unwrap(),
         ],
     )
     .unwrap();
     assert!(!acked.is_empty());
+    acked
+}
 
-    // Analysis lags ingest; wait until every acked reading reached a ring
-    // and the scored-window count settles.
+/// Waits until analysis has taken every acked reading and its scored-window
+/// count settles, then until every raised alert is on the MQTT topic and in
+/// the sink (the same ones). Returns the alerts.
+fn settled_alerts(
+    gw: &Gateway,
+    sink: &Sink,
+    acked: usize,
+    scorer: &str,
+    alerts_log: &Path,
+) -> Vec<AlertSeen> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut last = -1.0;
     loop {
         let pushed = gw.metric("outpost_gateway_analysis_ring_pushed_total");
-        let scored = gw
-            .metric("outpost_gateway_analysis_windows_scored_total{scorer=\"fallback\"}")
-            + gw.metric("outpost_gateway_analysis_windows_skipped_total{reason=\"warmup\"}");
-        if pushed >= acked.len() as f64 && scored == last {
+        let scored = gw.metric(&format!(
+            "outpost_gateway_analysis_windows_scored_total{{scorer=\"{scorer}\"}}"
+        )) + gw
+            .metric("outpost_gateway_analysis_windows_skipped_total{reason=\"warmup\"}");
+        if pushed >= acked as f64 && scored == last && scored > 0.0 {
             break;
         }
         assert!(
@@ -181,7 +182,7 @@ min_interval = "1ms"
     let raised = gw.metric("outpost_gateway_analysis_anomalies_total");
     let deadline = Instant::now() + Duration::from_secs(60);
     let alerts = loop {
-        let alerts = read_alerts(&alerts_log);
+        let alerts = read_alerts(alerts_log);
         if alerts.len() as f64 >= raised || Instant::now() > deadline {
             break alerts;
         }
@@ -229,8 +230,19 @@ min_interval = "1ms"
         sink_spans, mqtt_spans,
         "the sink and the MQTT topic saw the same alerts"
     );
+    alerts
+}
 
-    let truth = read_truth(&truth_path);
+/// Precision (alerts overlapping an injected anomaly) and recall (injected
+/// anomalies starting at least `blind_ns` after the device's first reading
+/// that some alert overlaps), printed with a per-kind breakdown.
+fn quality(
+    name: &str,
+    alerts: &[AlertSeen],
+    truth: &[Truth],
+    acked: &HashSet<Identity>,
+    blind_ns: i64,
+) -> (f64, f64, usize) {
     let first_ts: HashMap<&str, i64> = acked.iter().fold(HashMap::new(), |mut m, id| {
         let e = m.entry(id.0.as_str()).or_insert(i64::MAX);
         *e = (*e).min(id.2);
@@ -242,14 +254,12 @@ min_interval = "1ms"
         .iter()
         .filter(|a| truth.iter().any(|t| overlaps(a, t)))
         .count();
-    // Anomalies the detector could see: after the device's warm-up windows.
-    let warm = (WINDOW + (WARMUP - 1) * HOP + HOP) * 1_000_000_000;
     let eligible: Vec<&Truth> = truth
         .iter()
         .filter(|t| {
             first_ts
                 .get(t.device.as_str())
-                .is_some_and(|&f| t.start >= f + warm)
+                .is_some_and(|&f| t.start >= f + blind_ns)
         })
         .collect();
     let found = eligible
@@ -266,7 +276,7 @@ min_interval = "1ms"
     } else {
         found as f64 / eligible.len() as f64
     };
-    let mut by_kind: HashMap<&str, (usize, usize)> = HashMap::new();
+    let mut by_kind: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for t in &eligible {
         let e = by_kind.entry(t.kind.as_str()).or_default();
         e.1 += 1;
@@ -275,17 +285,62 @@ min_interval = "1ms"
         }
     }
     println!(
-        "fallback detector: {} alerts, {tp} true; {} injected anomalies, {} after warm-up, {found} found; \
+        "{name}: {} alerts, {tp} true; {} injected anomalies, {} eligible, {found} found; \
          precision {precision:.3}, recall {recall:.3}; by kind (found/eligible): {by_kind:?}",
         alerts.len(),
         truth.len(),
         eligible.len()
     );
-    assert!(
-        eligible.len() >= 5,
-        "too few anomalies to measure: {}",
-        eligible.len()
+    (precision, recall, eligible.len())
+}
+
+#[test]
+fn injected_anomalies_raise_alerts_on_mqtt_with_a_measured_precision_and_recall() {
+    let dir = test_dir();
+    let dir = dir.path();
+    let broker = Mosquitto::start(dir).unwrap();
+    let sink = Sink::start(dir, "gw-test", free_port()).unwrap();
+    let mut opts = GatewayOpts::new(broker.port, &sink);
+    opts.extra = format!(
+        r#"
+[analysis]
+shards = 2
+batch_size = 32
+batch_latency = "20ms"
+hold = "2s"
+reorder = "0s"
+[analysis.fallback]
+channels = ["current", "vibration", "pressure", "temperature", "flow"]
+frame_period = "1s"
+window_len = {WINDOW}
+hop = {HOP}
+warmup_windows = {WARMUP}
+threshold = 8.0
+k = 1
+n = 1
+[analysis.alerts]
+min_interval = "1ms"
+"#
     );
+    let mut gw = Gateway::start(dir, &opts).unwrap();
+    let alerts_log = dir.join("alerts.txt");
+    let _sub = subscribe_alerts(&broker, &alerts_log);
+    let truth_path = dir.join("truth.csv");
+    let acked = simulate(
+        dir,
+        &broker,
+        "2026-01-01T00:00:00Z",
+        TICKS,
+        "0.004",
+        "11",
+        &truth_path,
+    );
+    let alerts = settled_alerts(&gw, &sink, acked.len(), "fallback", &alerts_log);
+    let truth = read_truth(&truth_path);
+    // Anomalies the detector could see: after the device's warm-up windows.
+    let warm = (WINDOW + (WARMUP - 1) * HOP + HOP) * 1_000_000_000;
+    let (precision, recall, eligible) = quality("fallback detector", &alerts, &truth, &acked, warm);
+    assert!(eligible >= 5, "too few anomalies to measure: {eligible}");
     assert!(
         precision >= MIN_PRECISION,
         "precision {precision:.3} < {MIN_PRECISION}"
@@ -293,3 +348,146 @@ min_interval = "1ms"
     assert!(recall >= MIN_RECALL, "recall {recall:.3} < {MIN_RECALL}");
     gw.terminate().unwrap();
 }
+
+/// The sink's readings of `sink` as a wide CSV (`device,time,<channels>`),
+/// one row per device and time — what a user exports to train offline.
+fn export_csv(sink: &Sink, path: &Path) -> usize {
+    let url = format!("{}/v1/readings?limit=100000", sink.url());
+    let v: serde_json::Value =
+        serde_json::from_str(&outpost_tests::reqwest::blocking_get_text(&url).unwrap()).unwrap();
+    let mut rows: BTreeMap<(String, i64), BTreeMap<String, f64>> = BTreeMap::new();
+    for r in v["readings"].as_array().unwrap() {
+        rows.entry((
+            r["device"].as_str().unwrap().to_owned(),
+            r["ts_ns"].as_i64().unwrap(),
+        ))
+        .or_default()
+        .insert(
+            r["channel"].as_str().unwrap().to_owned(),
+            r["value"].as_f64().unwrap(),
+        );
+    }
+    let mut csv = format!("device,time,{}\n", CHANNELS.join(","));
+    let mut n = 0;
+    for ((device, ts), values) in &rows {
+        if values.len() != CHANNELS.len() {
+            continue;
+        }
+        let cells: Vec<String> = CHANNELS.iter().map(|c| values[*c].to_string()).collect();
+        csv.push_str(&format!("{device},{ts},{}\n", cells.join(",")));
+        n += 1;
+    }
+    std::fs::write(path, csv).unwrap();
+    n
+}
+
+#[test]
+fn a_model_trained_in_the_sink_on_normal_data_runs_on_the_gateway_with_a_measured_precision_and_recall()
+ {
+    let dir = test_dir();
+    let dir = dir.path();
+    let broker = Mosquitto::start(dir).unwrap();
+    let sink = Sink::start(dir, "gw-test", free_port()).unwrap();
+
+    // 1. Normal operation, no analysis: the data to learn from.
+    let learn_dir = dir.join("learn");
+    std::fs::create_dir_all(&learn_dir).unwrap();
+    let mut gw = Gateway::start(&learn_dir, &GatewayOpts::new(broker.port, &sink)).unwrap();
+    let normal = simulate(
+        dir,
+        &broker,
+        "2026-01-01T00:00:00Z",
+        1200,
+        "0",
+        "5",
+        &dir.join("normal-truth.csv"),
+    );
+    outpost_tests::assert_exactly_once(&sink, &normal, Duration::from_secs(60), &gw);
+    gw.terminate().unwrap();
+    let csv = dir.join("train.csv");
+    let rows = export_csv(&sink, &csv);
+    assert_eq!(rows as u64, 1200 * DEVICES);
+
+    // 2. Train, validate, export (the ONNX is checked in tract before it is written).
+    let model_dir = dir.join("model");
+    let out = Command::new(bin("outpost-cloud-sink"))
+        .args(["train", "--input"])
+        .arg(&csv)
+        .args(["--time-column", "time", "--device-column", "device"])
+        .args(["--family", "gaussian", "--window", &WINDOW.to_string()])
+        .args(["--hop", &HOP.to_string(), "--stats", "mean,std"])
+        .args(["--target-false-alarm-rate", "0.002", "--out"])
+        .arg(&model_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "train failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // 3. The gateway runs it on a day with anomalies.
+    let run_dir = dir.join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let mut opts = GatewayOpts::new(broker.port, &sink);
+    opts.extra = format!(
+        r#"
+[analysis]
+batch_size = 32
+batch_latency = "20ms"
+hold = "2s"
+reorder = "0s"
+[analysis.model]
+onnx = "{}"
+manifest = "{}"
+[analysis.alerts]
+min_interval = "1ms"
+"#,
+        model_dir.join("model.onnx").display(),
+        model_dir.join("manifest.json").display()
+    );
+    let mut gw = Gateway::start(&run_dir, &opts).unwrap();
+    assert!(gw.metric("outpost_gateway_analysis_model_version") >= 1.0);
+    let alerts_log = dir.join("alerts.txt");
+    let _sub = subscribe_alerts(&broker, &alerts_log);
+    let truth_path = dir.join("truth.csv");
+    let acked = simulate(
+        dir,
+        &broker,
+        "2026-01-03T00:00:00Z",
+        TICKS,
+        "0.004",
+        "11",
+        &truth_path,
+    );
+    let alerts = settled_alerts(&gw, &sink, acked.len(), "model", &alerts_log);
+    let truth = read_truth(&truth_path);
+    let (precision, recall, eligible) = quality(
+        "gaussian model",
+        &alerts,
+        &truth,
+        &acked,
+        WINDOW * 1_000_000_000,
+    );
+    assert!(eligible >= 5, "too few anomalies to measure: {eligible}");
+    assert!(
+        precision >= MIN_MODEL_PRECISION,
+        "precision {precision:.3} < {MIN_MODEL_PRECISION}"
+    );
+    assert!(
+        recall >= MIN_MODEL_RECALL,
+        "recall {recall:.3} < {MIN_MODEL_RECALL}"
+    );
+    gw.terminate().unwrap();
+}
+
+/// Floors for the trained Gaussian model. Measured (session 3): precision
+/// 0.51, recall 0.77 over 22 anomalies (the fallback on a comparable day:
+/// 0.60 / 0.44): the model sees the channels together, so a step, a stuck
+/// channel or a noise burst that stays inside the load's range still breaks
+/// the learned correlation. Its false alarms come from a threshold set for a
+/// 0.2 % false-alarm rate per window on 20 minutes of training data. Floors
+/// below the measured values with a margin.
+const MIN_MODEL_PRECISION: f64 = 0.35;
+const MIN_MODEL_RECALL: f64 = 0.55;
