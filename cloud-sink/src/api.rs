@@ -5,6 +5,7 @@
 //! | `POST /v1/ingest` | an `UplinkBatch` (CBOR + zstd), bearer token → `{"stored": n, "duplicates": m}` |
 //! | `GET /v1/readings` | `?device=&channel=&from=&to=&limit=` → `{"readings": [...], "count": n}` |
 //! | `GET /v1/alerts` | `?device=&from=&to=&limit=` → `{"alerts": [...], "count": n}` (edge analytics alerts, by start) |
+//! | `GET /v1/quarantine` | `?gateway=&reason=&limit=` → `{"entries": [...], "count": n}`, newest first (gateways with `storage.uplink_quarantine`) |
 //! | `GET /v1/gateways` | per-gateway counters → `{"gateways": [...]}` |
 //! | `GET /v1/stats` | totals → `{"gateways", "batches", "readings_stored", "duplicates"}` |
 //! | `GET /metrics` | Prometheus (OpenMetrics text) |
@@ -39,7 +40,8 @@ use tracing::{debug, warn};
 use crate::auth::{self, AuthError};
 use crate::metrics::{BatchOutcome, Metrics};
 use crate::storage::{
-    AlertQuery, GatewayStats, ReadingQuery, Storage, StorageError, StoredAlert, StoredReading,
+    AlertQuery, GatewayStats, QuarantineQuery, ReadingQuery, Storage, StorageError, StoredAlert,
+    StoredQuarantine, StoredReading,
 };
 
 /// Default and largest `limit` of `GET /v1/readings`.
@@ -73,6 +75,7 @@ pub fn router(storage: Arc<dyn Storage>, metrics: Arc<Metrics>, limits: BatchLim
         .route("/v1/ingest", post(ingest))
         .route("/v1/readings", get(readings))
         .route("/v1/alerts", get(alerts))
+        .route("/v1/quarantine", get(quarantine))
         .route("/v1/gateways", get(gateways))
         .route("/v1/stats", get(stats))
         .route("/metrics", get(metrics_text))
@@ -509,6 +512,52 @@ async fn alerts(
     Ok(Json(AlertsResponse { alerts, count }).into_response())
 }
 
+/// Query parameters of `GET /v1/quarantine`.
+#[derive(Debug, Deserialize)]
+pub struct QuarantineParams {
+    pub gateway: Option<String>,
+    pub reason: Option<String>,
+    pub limit: Option<String>,
+}
+
+#[derive(Serialize)]
+struct QuarantineJson<'a> {
+    #[serde(flatten)]
+    entry: &'a StoredQuarantine,
+    received: String,
+}
+
+#[derive(Serialize)]
+struct QuarantineResponse<'a> {
+    entries: Vec<QuarantineJson<'a>>,
+    count: usize,
+}
+
+async fn quarantine(
+    State(state): State<AppState>,
+    params: Result<Query<QuarantineParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let (limit, _, _) = query_bounds(params.limit.as_deref(), None, None)?;
+    let query = QuarantineQuery {
+        gateway: params.gateway,
+        reason: params.reason,
+        limit,
+    };
+    let storage = state.storage.clone();
+    let rows = blocking(move || storage.query_quarantine(&query)).await?;
+    let entries: Vec<QuarantineJson<'_>> = rows
+        .iter()
+        .map(|q| QuarantineJson {
+            entry: q,
+            received: rfc3339(q.received_ns),
+        })
+        .collect();
+    let count = entries.len();
+    Ok(Json(QuarantineResponse { entries, count }).into_response())
+}
+
 async fn readings(
     State(state): State<AppState>,
     params: Result<Query<ReadingsParams>, QueryRejection>,
@@ -627,6 +676,7 @@ fn route_label(path: &str) -> &'static str {
         "/v1/ingest" => "/v1/ingest",
         "/v1/readings" => "/v1/readings",
         "/v1/alerts" => "/v1/alerts",
+        "/v1/quarantine" => "/v1/quarantine",
         "/v1/gateways" => "/v1/gateways",
         "/v1/stats" => "/v1/stats",
         "/metrics" => "/metrics",

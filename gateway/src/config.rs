@@ -94,6 +94,11 @@ pub struct StorageConfig {
     pub max_quarantine_bytes: ByteSize,
     /// At most this many bytes of a rejected payload are kept in quarantine.
     pub quarantine_payload_bytes: ByteSize,
+    /// Also send a report of every quarantined input (reason, origin, detail
+    /// and the first KiB of the payload) to the sink through the outbox, so it
+    /// can be listed there (`GET /v1/quarantine`). Off by default: payloads
+    /// may hold what should not leave the site.
+    pub uplink_quarantine: bool,
 }
 
 impl Default for StorageConfig {
@@ -105,6 +110,7 @@ impl Default for StorageConfig {
             when_full: WhenFull::Block,
             max_quarantine_bytes: ByteSize::mib(16),
             quarantine_payload_bytes: ByteSize::kib(4),
+            uplink_quarantine: false,
         }
     }
 }

@@ -111,7 +111,7 @@ pub struct QuarantineEntry {
     /// Human-readable detail.
     pub detail: String,
     /// The first bytes of the payload.
-    #[serde(with = "serde_bytes_compat")]
+    #[serde(with = "protocol::cbor_bytes")]
     pub payload: Vec<u8>,
     /// The payload's full length.
     pub payload_len: usize,
@@ -159,6 +159,9 @@ pub struct Outbox {
     max_quarantine_bytes: u64,
     epoch: u64,
     when_full: WhenFull,
+    /// Also append a [`QuarantineReport`] record per quarantine entry, for
+    /// the sink (`storage.uplink_quarantine`).
+    uplink_quarantine: bool,
     /// Signalled after records were deleted (room for a blocked ingest).
     pub space_freed: Notify,
     /// Signalled after records were appended and flushed (work for the uplink).
@@ -306,6 +309,7 @@ impl Outbox {
             max_quarantine_bytes: cfg.max_quarantine_bytes.as_u64(),
             epoch,
             when_full: cfg.when_full,
+            uplink_quarantine: cfg.uplink_quarantine,
             space_freed: Notify::new(),
             data_added: Notify::new(),
         })
@@ -629,7 +633,33 @@ impl Outbox {
         self.quarantine.apply_batch(batch)?;
         c.quarantine_next += 1;
         c.quarantine_bytes = c.quarantine_bytes + value.len() as u64 - freed;
+        drop(c);
+        if self.uplink_quarantine {
+            self.report_quarantined(entry);
+        }
         Ok(())
+    }
+
+    /// Appends the sink's copy of a quarantine entry as an outbox record. Best
+    /// effort: the local quarantine is the record of truth, so a full outbox
+    /// (or a crash between the two writes) only loses the report.
+    fn report_quarantined(&self, entry: &QuarantineEntry) {
+        let kept = entry.payload.len().min(protocol::alert::MAX_REPORT_PAYLOAD);
+        let report = protocol::alert::QuarantineReport {
+            received: entry.received,
+            origin: entry.origin.clone(),
+            reason: entry.reason.clone(),
+            detail: entry.detail.chars().take(4096).collect(),
+            payload: entry.payload[..kept].to_vec(),
+            payload_len: entry.payload_len as u64,
+        };
+        let mut encoded = Vec::with_capacity(kept + 256);
+        let appended = ciborium::into_writer(&OutboxItem::Quarantined(report), &mut encoded)
+            .map_err(|e| OutboxError::Encode(e.to_string()))
+            .and_then(|()| self.append_encoded(&[encoded]));
+        if let Err(e) = appended {
+            tracing::debug!(error = %e, "Quarantine report not queued for the sink.");
+        }
     }
 
     /// The newest `limit` quarantine entries with their ids, newest first.
@@ -720,42 +750,6 @@ impl Outbox {
             ByteSize::b(self.max_bytes),
             c.next_seq
         )
-    }
-}
-
-/// `Vec<u8>` as a CBOR byte string rather than an array of integers.
-mod serde_bytes_compat {
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Vec<u8>, A::Error> {
-                let mut out = Vec::new();
-                while let Some(b) = seq.next_element::<u8>()? {
-                    out.push(b);
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_bytes(V)
     }
 }
 

@@ -1,6 +1,8 @@
-//! An anomaly alert raised by a gateway's edge analytics: what the MQTT alert
-//! topic carries (as JSON) and what the outbox uplinks to the sink (as an
-//! [`crate::batch::OutboxItem::Alert`]).
+//! Events a gateway reports besides readings, uplinked to the sink through
+//! the outbox: an anomaly [`Alert`] raised by its edge analytics (also what the
+//! MQTT alert topic carries, as JSON; [`crate::batch::OutboxItem::Alert`]), and
+//! a [`QuarantineReport`] of input it refused
+//! ([`crate::batch::OutboxItem::Quarantined`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +67,44 @@ impl Alert {
             .find(|c| c.channel.is_empty() || c.channel.len() > MAX_NAME_BYTES || !c.z.is_finite())
         {
             return Some(format!("bad channel entry {:?}", c.channel));
+        }
+        None
+    }
+}
+
+/// Most payload bytes a [`QuarantineReport`] carries to the sink.
+pub const MAX_REPORT_PAYLOAD: usize = 1024;
+
+/// Input the gateway refused and quarantined, reported to the sink so it can
+/// be seen without logging in to the gateway.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineReport {
+    /// When the gateway received the input.
+    pub received: Timestamp,
+    /// Where it came from, e.g. `mqtt:outpost/sensors/pump-1`.
+    pub origin: String,
+    /// Stable reason code, e.g. `syntax`, `non_finite_value`.
+    pub reason: String,
+    /// Human-readable detail.
+    pub detail: String,
+    /// The first bytes of the payload (at most [`MAX_REPORT_PAYLOAD`]).
+    #[serde(with = "crate::cbor_bytes")]
+    pub payload: Vec<u8>,
+    /// The payload's full length.
+    pub payload_len: u64,
+}
+
+impl QuarantineReport {
+    /// Why this report cannot be stored, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        if self.origin.len() > MAX_NAME_BYTES * 4 || self.reason.len() > MAX_NAME_BYTES {
+            return Some("origin or reason too long".into());
+        }
+        if self.detail.len() > 16 * 1024 {
+            return Some(format!("detail of {} bytes", self.detail.len()));
+        }
+        if self.payload.len() > MAX_REPORT_PAYLOAD {
+            return Some(format!("payload of {} bytes", self.payload.len()));
         }
         None
     }

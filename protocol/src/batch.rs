@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::reading::{ClockStamp, Reading};
 
 /// The highest schema version this crate reads. Version 2 added
-/// [`OutboxItem::Alert`]; a batch without alerts is still written as version
-/// 1, so a gateway that raises no alerts keeps working with an older sink.
+/// [`OutboxItem::Alert`] and [`OutboxItem::Quarantined`]; a batch with
+/// neither is still written as version 1, so a gateway that sends only
+/// readings keeps working with an older sink.
 pub const SCHEMA_VERSION: u16 = 2;
 /// The version of a batch with no alert in it.
 pub const SCHEMA_VERSION_READINGS_ONLY: u16 = 1;
@@ -52,6 +53,8 @@ pub enum OutboxItem {
     },
     /// An anomaly alert of the gateway's edge analytics (schema version 2).
     Alert(crate::alert::Alert),
+    /// Input the gateway quarantined, reported to the sink (schema version 2).
+    Quarantined(crate::alert::QuarantineReport),
 }
 
 impl OutboxItem {
@@ -59,7 +62,7 @@ impl OutboxItem {
     pub fn reading(&self) -> Option<&Reading> {
         match self {
             OutboxItem::Reading(r) | OutboxItem::ClockPending { reading: r, .. } => Some(r),
-            OutboxItem::Alert(_) => None,
+            OutboxItem::Alert(_) | OutboxItem::Quarantined(_) => None,
         }
     }
 
@@ -67,7 +70,7 @@ impl OutboxItem {
     pub fn reading_mut(&mut self) -> Option<&mut Reading> {
         match self {
             OutboxItem::Reading(r) | OutboxItem::ClockPending { reading: r, .. } => Some(r),
-            OutboxItem::Alert(_) => None,
+            OutboxItem::Alert(_) | OutboxItem::Quarantined(_) => None,
         }
     }
 }
@@ -125,7 +128,7 @@ impl Default for BatchLimits {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
-    #[error("alert at seq {seq} is malformed: {problem}")]
+    #[error("alert or quarantine report at seq {seq} is malformed: {problem}")]
     BadAlert { seq: u64, problem: String },
     #[error("batch has no records")]
     Empty,
@@ -161,7 +164,7 @@ impl UplinkBatch {
         };
         let has_alerts = records
             .iter()
-            .any(|r| matches!(r.item, OutboxItem::Alert(_)));
+            .any(|r| matches!(r.item, OutboxItem::Alert(_) | OutboxItem::Quarantined(_)));
         let batch = UplinkBatch {
             schema_version: if has_alerts {
                 SCHEMA_VERSION
@@ -282,6 +285,12 @@ impl UplinkBatch {
         {
             return Err(BatchError::BadAlert { seq, problem });
         }
+        if let Some((seq, problem)) = self
+            .quarantine_reports()
+            .find_map(|(seq, q)| q.problem().map(|p| (seq, p)))
+        {
+            return Err(BatchError::BadAlert { seq, problem });
+        }
         Ok(())
     }
 
@@ -290,6 +299,16 @@ impl UplinkBatch {
         self.records
             .iter()
             .filter_map(|r| r.item.reading().map(|reading| (r.seq, reading)))
+    }
+
+    /// The quarantine reports in the batch, in sequence order.
+    pub fn quarantine_reports(
+        &self,
+    ) -> impl Iterator<Item = (u64, &crate::alert::QuarantineReport)> {
+        self.records.iter().filter_map(|r| match &r.item {
+            OutboxItem::Quarantined(q) => Some((r.seq, q)),
+            _ => None,
+        })
     }
 
     /// The alerts in the batch, in sequence order.

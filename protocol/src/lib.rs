@@ -15,6 +15,7 @@
 
 pub mod alert;
 pub mod batch;
+pub mod cbor_bytes;
 pub mod csv;
 pub mod features;
 pub mod limits;

@@ -364,6 +364,8 @@ pub struct GatewayOpts {
     pub mqtt_extra: String,
     /// Extra lines inside `[uplink]`.
     pub uplink_extra: String,
+    /// Extra lines inside `[storage]`.
+    pub storage_extra: String,
     /// Extra TOML appended at the end.
     pub extra: String,
     /// When set, an `[http]` section makes the gateway listen here for `POST /v1/readings`.
@@ -385,6 +387,7 @@ impl GatewayOpts {
             linger: "100ms",
             mqtt_extra: String::new(),
             uplink_extra: String::new(),
+            storage_extra: String::new(),
             extra: String::new(),
             http_listen: None,
             http_extra: String::new(),
@@ -418,6 +421,7 @@ impl Gateway {
 [storage]
 path = "{outbox}"
 max_outbox_bytes = "{max_outbox}"
+{storage_extra}
 [limits]
 max_payload_bytes = "{max_payload}"
 [mqtt]
@@ -456,6 +460,7 @@ listen = "127.0.0.1:{admin_port}"
                 linger = o.linger,
                 mqtt_extra = o.mqtt_extra,
                 uplink_extra = o.uplink_extra,
+                storage_extra = o.storage_extra,
                 extra = o.extra,
                 http = o
                     .http_listen

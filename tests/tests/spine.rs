@@ -206,6 +206,7 @@ fn malformed_oversized_and_nan_payloads_are_quarantined_and_good_data_flows() {
     let sink = Sink::start(dir.path(), "gw-test", free_port()).unwrap();
     let mut opts = GatewayOpts::new(broker.port, &sink);
     opts.max_payload = "4 KiB";
+    opts.storage_extra = "uplink_quarantine = true".into();
     let mut gw = Gateway::start(dir.path(), &opts).unwrap();
 
     let nan_cbor = {
@@ -307,6 +308,25 @@ fn malformed_oversized_and_nan_payloads_are_quarantined_and_good_data_flows() {
         m["outpost_gateway_messages_acked_total"],
         expected_acks as f64
     );
+    // With storage.uplink_quarantine, the sink lists every quarantined message.
+    let bad_count = expected_acks - good;
+    let url = format!("{}/v1/quarantine?limit=1000", sink.url());
+    let listed = outpost_tests::wait_for(DRAIN, "quarantine reports in the sink", || {
+        let text = outpost_tests::reqwest::blocking_get_text(&url).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        (v["count"].as_u64()? >= bad_count as u64).then_some(v)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_tail(30)));
+    assert_eq!(listed["count"].as_u64(), Some(bad_count as u64));
+    let entries = listed["entries"].as_array().unwrap();
+    for (reason, _) in &bad {
+        assert!(
+            entries.iter().any(|e| e["reason"] == *reason
+                && e["gateway"] == "gw-test"
+                && e["origin"] == "mqtt:outpost/sensors/pump-bad"),
+            "no report for {reason}: {listed:#}"
+        );
+    }
     gw.terminate().unwrap();
     let out = std::process::Command::new(outpost_tests::bin("outpost-gateway"))
         .args(["quarantine", "list", "--config"])

@@ -49,6 +49,33 @@ pub struct IngestOutcome {
     pub seq_conflicts: u64,
     /// Alerts newly stored (a batch sent twice stores them once).
     pub alerts: u64,
+    /// Quarantine reports newly stored.
+    pub quarantined: u64,
+}
+
+/// A gateway's report of input it quarantined, as the query API returns it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StoredQuarantine {
+    pub gateway: String,
+    /// When the gateway received the input, nanoseconds since the Unix epoch.
+    pub received_ns: i64,
+    pub origin: String,
+    pub reason: String,
+    pub detail: String,
+    /// The first bytes of the payload (lossy UTF-8).
+    pub payload: String,
+    /// The payload's full length in bytes.
+    pub payload_len: u64,
+    /// The gateway's outbox sequence number.
+    pub seq: u64,
+}
+
+/// Filter for [`Storage::query_quarantine`], newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QuarantineQuery {
+    pub gateway: Option<String>,
+    pub reason: Option<String>,
+    pub limit: u32,
 }
 
 /// One stored alert, as the query API returns it.
@@ -144,6 +171,11 @@ pub trait Storage: Send + Sync + 'static {
     fn query_readings(&self, query: &ReadingQuery) -> Result<Vec<StoredReading>, StorageError>;
     /// Alerts matching `query`, ordered by start time, then device.
     fn query_alerts(&self, query: &AlertQuery) -> Result<Vec<StoredAlert>, StorageError>;
+    /// Quarantine reports matching `query`, newest (by receive time) first.
+    fn query_quarantine(
+        &self,
+        query: &QuarantineQuery,
+    ) -> Result<Vec<StoredQuarantine>, StorageError>;
     /// Every gateway with its counters, ordered by name.
     fn gateways(&self) -> Result<Vec<GatewayStats>, StorageError>;
     /// Totals across all gateways.

@@ -21,13 +21,14 @@ use protocol::{Reading, Timestamp, UplinkBatch};
 use rusqlite::{Connection, OptionalExtension, ToSql, TransactionBehavior, params};
 
 use super::{
-    AlertQuery, GatewayStats, IngestOutcome, ReadingQuery, Storage, StorageError, StoredAlert,
-    StoredReading, Totals,
+    AlertQuery, GatewayStats, IngestOutcome, QuarantineQuery, ReadingQuery, Storage, StorageError,
+    StoredAlert, StoredQuarantine, StoredReading, Totals,
 };
 use crate::auth::TokenHash;
 
 /// The schema version this code creates and reads (`PRAGMA user_version`).
-/// 2 added the `alerts` table (created on open of a version-1 database).
+/// 2 added the `alerts` and `quarantine` tables (created on open of a
+/// version-1 database).
 const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
@@ -72,6 +73,20 @@ CREATE TABLE IF NOT EXISTS alerts (
     PRIMARY KEY (gateway, outbox_epoch, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS alerts_start ON alerts (start_ns, device);
+CREATE TABLE IF NOT EXISTS quarantine (
+    gateway      TEXT NOT NULL,
+    outbox_epoch INTEGER NOT NULL,
+    seq          INTEGER NOT NULL,
+    received_ns  INTEGER NOT NULL,
+    origin       TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    detail       TEXT NOT NULL,
+    payload      BLOB NOT NULL,
+    payload_len  INTEGER NOT NULL,
+    stored_ns    INTEGER NOT NULL,
+    PRIMARY KEY (gateway, outbox_epoch, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS quarantine_received ON quarantine (received_ns);
 ";
 
 /// SQLite INTEGER is i64; sequence numbers are u64. Store the bit pattern so
@@ -293,6 +308,26 @@ impl Storage for SqliteStorage {
                     now
                 ])? as u64;
             }
+            let mut insert_quarantine = tx.prepare_cached(
+                "INSERT OR IGNORE INTO quarantine
+                   (gateway, outbox_epoch, seq, received_ns, origin, reason, detail,
+                    payload, payload_len, stored_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for (seq, q) in batch.quarantine_reports() {
+                outcome.quarantined += insert_quarantine.execute(params![
+                    gateway,
+                    u64_to_sql(batch.outbox_epoch),
+                    u64_to_sql(seq),
+                    q.received.as_nanos(),
+                    q.origin,
+                    q.reason,
+                    q.detail,
+                    q.payload,
+                    u64_to_sql(q.payload_len),
+                    now
+                ])? as u64;
+            }
             // A stored reading whose (gateway, epoch, seq) another reading
             // already has means the gateway reused a sequence number: an alarm,
             // never a reason to drop data.
@@ -347,6 +382,32 @@ impl Storage for SqliteStorage {
                 channels: serde_json::from_str(&channels).unwrap_or_default(),
                 raised_ns: row.get(9)?,
                 seq: sql_to_u64(row.get(10)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn query_quarantine(&self, q: &QuarantineQuery) -> Result<Vec<StoredQuarantine>, StorageError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT gateway, received_ns, origin, reason, detail, payload, payload_len, seq
+               FROM quarantine
+              WHERE (?1 IS NULL OR gateway = ?1)
+                AND (?2 IS NULL OR reason = ?2)
+              ORDER BY received_ns DESC
+              LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![q.gateway, q.reason, q.limit], |row| {
+            let payload: Vec<u8> = row.get(5)?;
+            Ok(StoredQuarantine {
+                gateway: row.get(0)?,
+                received_ns: row.get(1)?,
+                origin: row.get(2)?,
+                reason: row.get(3)?,
+                detail: row.get(4)?,
+                payload: String::from_utf8_lossy(&payload).into_owned(),
+                payload_len: sql_to_u64(row.get(6)?),
+                seq: sql_to_u64(row.get(7)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -485,7 +546,8 @@ mod tests {
                 stored: 5,
                 duplicates: 0,
                 seq_conflicts: 0,
-                alerts: 0
+                alerts: 0,
+                quarantined: 0
             }
         );
         assert_eq!(
@@ -494,7 +556,8 @@ mod tests {
                 stored: 0,
                 duplicates: 5,
                 seq_conflicts: 0,
-                alerts: 0
+                alerts: 0,
+                quarantined: 0
             }
         );
         let totals = storage.totals().unwrap();
@@ -578,7 +641,8 @@ mod tests {
                 stored: 3,
                 duplicates: 0,
                 seq_conflicts: 3,
-                alerts: 0
+                alerts: 0,
+                quarantined: 0
             }
         );
         let again = storage.ingest("gw", &batch("gw", 1..=3, 1000)).unwrap();
