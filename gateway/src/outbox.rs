@@ -386,6 +386,13 @@ impl Outbox {
         self.append_with_checkpoints(encoded, &[])
     }
 
+    /// Appends an event (an alert, a quarantine report) only if it fits:
+    /// events never evict readings, whatever `when_full` says, so a full
+    /// outbox returns [`OutboxError::Full`] and the caller counts the loss.
+    pub fn append_event(&self, encoded: Vec<u8>) -> Result<(), OutboxError> {
+        self.append_inner(&[encoded], &[], false).map(|_| ())
+    }
+
     /// [`Outbox::append_encoded`], and in the same atomic sled batch the
     /// source cursors `checkpoints` (a later one with the same key wins). With
     /// no records the checkpoints alone are written. When the append fails
@@ -394,6 +401,16 @@ impl Outbox {
         &self,
         encoded: &[Vec<u8>],
         checkpoints: &[Checkpoint],
+    ) -> Result<AppendOutcome, OutboxError> {
+        self.append_inner(encoded, checkpoints, self.when_full == WhenFull::DropOldest)
+    }
+
+    /// The append; `evict`: make room by deleting the oldest records.
+    fn append_inner(
+        &self,
+        encoded: &[Vec<u8>],
+        checkpoints: &[Checkpoint],
+        evict: bool,
     ) -> Result<AppendOutcome, OutboxError> {
         if encoded.is_empty() {
             if !checkpoints.is_empty() {
@@ -417,27 +434,23 @@ impl Outbox {
         let mut dropped = 0u64;
         let mut freed = 0u64;
         if c.bytes + needed > self.max_bytes {
-            match self.when_full {
-                WhenFull::Block => {
-                    return Err(OutboxError::Full {
-                        used: c.bytes,
-                        cap: self.max_bytes,
-                        needed,
-                    });
+            if !evict {
+                return Err(OutboxError::Full {
+                    used: c.bytes,
+                    cap: self.max_bytes,
+                    needed,
+                });
+            }
+            // Whole segments, oldest first: a few more readings than
+            // strictly needed may go, and every one is counted.
+            for kv in self.tree.scan_prefix([RECORD_PREFIX]) {
+                if c.bytes - freed + needed <= self.max_bytes {
+                    break;
                 }
-                WhenFull::DropOldest => {
-                    // Whole segments, oldest first: a few more readings than
-                    // strictly needed may go, and every one is counted.
-                    for kv in self.tree.scan_prefix([RECORD_PREFIX]) {
-                        if c.bytes - freed + needed <= self.max_bytes {
-                            break;
-                        }
-                        let (k, v) = kv?;
-                        freed += segment_cost(&v);
-                        dropped += segment_count(&v);
-                        batch.remove(k);
-                    }
-                }
+                let (k, v) = kv?;
+                freed += segment_cost(&v);
+                dropped += segment_count(&v);
+                batch.remove(k);
             }
         }
         let first = c.next_seq;
@@ -642,7 +655,8 @@ impl Outbox {
 
     /// Appends the sink's copy of a quarantine entry as an outbox record. Best
     /// effort: the local quarantine is the record of truth, so a full outbox
-    /// (or a crash between the two writes) only loses the report.
+    /// (it never evicts readings for a report) or a crash between the two
+    /// writes only loses the report.
     fn report_quarantined(&self, entry: &QuarantineEntry) {
         let kept = entry.payload.len().min(protocol::alert::MAX_REPORT_PAYLOAD);
         let report = protocol::alert::QuarantineReport {
@@ -656,7 +670,7 @@ impl Outbox {
         let mut encoded = Vec::with_capacity(kept + 256);
         let appended = ciborium::into_writer(&OutboxItem::Quarantined(report), &mut encoded)
             .map_err(|e| OutboxError::Encode(e.to_string()))
-            .and_then(|()| self.append_encoded(&[encoded]));
+            .and_then(|()| self.append_event(encoded));
         if let Err(e) = appended {
             tracing::debug!(error = %e, "Quarantine report not queued for the sink.");
         }
@@ -879,6 +893,30 @@ mod tests {
         let all = ob.read_batch(0, usize::MAX, u64::MAX).unwrap();
         assert_eq!(all.len() as u64, ob.depth());
         assert_eq!(all[0].seq, 1);
+    }
+
+    #[test]
+    fn an_event_never_evicts_readings_even_under_drop_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), &cfg(2_000, WhenFull::DropOldest)).unwrap();
+        // Fill to just under the cap with readings.
+        let mut i = 0;
+        while ob.bytes() + 200 < 2_000 {
+            ob.append_encoded(&Outbox::encode(&readings(1, i)).unwrap())
+                .unwrap();
+            i += 1;
+        }
+        let (depth, bytes) = (ob.depth(), ob.bytes());
+        let event = vec![0u8; 400];
+        assert!(matches!(
+            ob.append_event(event.clone()),
+            Err(OutboxError::Full { .. })
+        ));
+        assert_eq!((ob.depth(), ob.bytes()), (depth, bytes), "nothing evicted");
+        // With room, it is appended like any record.
+        ob.remove_range(1, 3).unwrap();
+        ob.append_event(vec![0u8; 40]).unwrap();
+        assert_eq!(ob.depth(), depth - 3 + 1);
     }
 
     #[test]

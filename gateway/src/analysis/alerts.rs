@@ -168,7 +168,8 @@ async fn store(outbox: &Arc<Outbox>, alert: &Alert, metrics: &AnalysisMetrics) {
     }
     let ob = outbox.clone();
     let written = tokio::task::spawn_blocking(move || {
-        ob.append_encoded(&[encoded])?;
+        // Never evicts readings: a full outbox drops the alert (counted).
+        ob.append_event(encoded)?;
         ob.flush()
     })
     .await;
