@@ -100,10 +100,18 @@ fn assert_refused(dir: &Path, sink: &Sink, uplink_extra: String, why: &[&str]) -
     opts.uplink_extra = uplink_extra;
     let gw = Gateway::start(dir, &opts).unwrap();
     run_sim(dir, &arg_refs(&small_qos1_sim(broker.port, 100, 21))).unwrap();
+    // Under TLS 1.3 the server refuses a client certificate after the client
+    // considers the handshake done, so one attempt may end in "broken pipe"
+    // before the alert is read; the reason must show within a few retries.
+    let says_why = || {
+        let log = gw.log_tail(400).to_lowercase();
+        why.iter().any(|w| log.contains(w))
+    };
     outpost_tests::wait_for(Duration::from_secs(60), "failed uplink attempts", || {
-        (gw.metric("outpost_gateway_uplink_batches_total{outcome=\"failed\"}") >= 2.0).then_some(())
+        (gw.metric("outpost_gateway_uplink_batches_total{outcome=\"failed\"}") >= 2.0 && says_why())
+            .then_some(())
     })
-    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_tail(30)));
+    .unwrap_or_else(|e| panic!("{e} (the log should say why: {why:?})\n{}", gw.log_tail(30)));
     assert_eq!(
         sink.stored_count(),
         0,
@@ -114,13 +122,7 @@ fn assert_refused(dir: &Path, sink: &Sink, uplink_extra: String, why: &[&str]) -
         500.0,
         "the unsent readings stay in the outbox"
     );
-    let log = gw.log_tail(200).to_lowercase();
-    assert!(
-        why.iter().any(|w| log.contains(w)),
-        "the gateway log should say why ({why:?}):\n{}",
-        gw.log_tail(15)
-    );
-    log
+    gw.log_tail(400).to_lowercase()
 }
 
 #[test]
