@@ -14,13 +14,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::config::AlertsConfig;
 use super::metrics::AnalysisMetrics;
-use crate::config::{MqttConfig, MqttMode};
+use crate::config::MqttConfig;
 use crate::outbox::Outbox;
 use protocol::batch::OutboxItem;
 
@@ -108,51 +108,14 @@ impl<T> DropOldest<T> {
 /// Why the alert publisher could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AlertError {
-    #[error("reading {path}: {source}")]
-    ReadFile {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Options(#[from] crate::sources::mqtt::MqttSourceError),
 }
 
 /// MQTT options for the alert connection, mirroring the source's.
 pub fn mqtt_options(cfg: &MqttConfig) -> Result<MqttOptions, AlertError> {
-    let (host, port) = match cfg.mode {
-        MqttMode::External => (cfg.host.clone(), cfg.port),
-        MqttMode::Embedded => {
-            let listen = cfg.embedded.listen;
-            let ip = if listen.ip().is_unspecified() {
-                std::net::Ipv4Addr::LOCALHOST.into()
-            } else {
-                listen.ip()
-            };
-            (ip.to_string(), listen.port())
-        }
-    };
-    let mut o = MqttOptions::new(format!("{}-alerts", cfg.client_id), host, port);
-    o.set_keep_alive(cfg.keep_alive);
+    let mut o = crate::sources::mqtt::connection_options(cfg, format!("{}-alerts", cfg.client_id))?;
     o.set_clean_session(true);
-    if let Some(user) = &cfg.username {
-        o.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
-    }
-    if let Some(tls) = &cfg.tls {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|source| AlertError::ReadFile {
-                path: p.display().to_string(),
-                source,
-            })
-        };
-        let ca = read(&tls.ca_file)?;
-        let client_auth = match (&tls.client_cert, &tls.client_key) {
-            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
-            _ => None,
-        };
-        o.set_transport(Transport::Tls(TlsConfiguration::Simple {
-            ca,
-            alpn: None,
-            client_auth,
-        }));
-    }
     Ok(o)
 }
 

@@ -33,6 +33,51 @@ pub enum MqttSourceError {
     },
 }
 
+/// Where and how to connect to the broker of `cfg` (host and port, also for
+/// the embedded broker; keep-alive, credentials, TLS), as `client_id`. Shared
+/// by the source and the alert publisher; each sets its session options.
+pub fn connection_options(
+    cfg: &MqttConfig,
+    client_id: String,
+) -> Result<MqttOptions, MqttSourceError> {
+    let (host, port) = match cfg.mode {
+        MqttMode::External => (cfg.host.clone(), cfg.port),
+        MqttMode::Embedded => {
+            let listen = cfg.embedded.listen;
+            let ip = if listen.ip().is_unspecified() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                listen.ip()
+            };
+            (ip.to_string(), listen.port())
+        }
+    };
+    let mut o = MqttOptions::new(client_id, host, port);
+    o.set_keep_alive(cfg.keep_alive);
+    if let Some(user) = &cfg.username {
+        o.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
+    }
+    if let Some(tls) = &cfg.tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|source| MqttSourceError::ReadFile {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        let ca = read(&tls.ca_file)?;
+        let client_auth = match (&tls.client_cert, &tls.client_key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        };
+        o.set_transport(Transport::Tls(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth,
+        }));
+    }
+    Ok(o)
+}
+
 /// How long to keep the connection alive after shutdown begins, so the acks of
 /// messages already committed can still reach the broker.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -81,20 +126,7 @@ impl MqttSource {
     }
 
     fn options(&self) -> Result<MqttOptions, MqttSourceError> {
-        let (host, port) = match self.cfg.mode {
-            MqttMode::External => (self.cfg.host.clone(), self.cfg.port),
-            MqttMode::Embedded => {
-                let listen = self.cfg.embedded.listen;
-                let ip = if listen.ip().is_unspecified() {
-                    std::net::Ipv4Addr::LOCALHOST.into()
-                } else {
-                    listen.ip()
-                };
-                (ip.to_string(), listen.port())
-            }
-        };
-        let mut o = MqttOptions::new(self.cfg.client_id.clone(), host, port);
-        o.set_keep_alive(self.cfg.keep_alive);
+        let mut o = connection_options(&self.cfg, self.cfg.client_id.clone())?;
         o.set_clean_session(!self.cfg.persistent_session);
         o.set_manual_acks(true);
         o.set_inflight(self.cfg.inflight);
@@ -102,27 +134,6 @@ impl MqttSource {
         // packet is refused by rumqttc with an error instead of being buffered.
         let max = self.limits.max_bytes.saturating_add(64 * 1024);
         o.set_max_packet_size(max, max);
-        if let Some(user) = &self.cfg.username {
-            o.set_credentials(user.clone(), self.cfg.password.clone().unwrap_or_default());
-        }
-        if let Some(tls) = &self.cfg.tls {
-            let read = |p: &std::path::Path| {
-                std::fs::read(p).map_err(|source| MqttSourceError::ReadFile {
-                    path: p.display().to_string(),
-                    source,
-                })
-            };
-            let ca = read(&tls.ca_file)?;
-            let client_auth = match (&tls.client_cert, &tls.client_key) {
-                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
-                _ => None,
-            };
-            o.set_transport(Transport::Tls(TlsConfiguration::Simple {
-                ca,
-                alpn: None,
-                client_auth,
-            }));
-        }
         Ok(o)
     }
 
