@@ -1,4 +1,5 @@
-//! Analysis hot paths: ring push/pop, frame assembly, features per window,
+//! Analysis hot paths: ring push/pop (one thread, and ingest + worker on two
+//! threads against a locked queue and std's channel), frame assembly, features per window,
 //! and inference per window at batch 1/64/256 — tract against the plain-Rust
 //! reference evaluator of the same graph as the in-run baseline.
 //!
@@ -6,8 +7,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::VecDeque;
 use std::hint::black_box;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use outpost_gateway::analysis::{AnalysisMetrics, Feed, FrameAssembler, FrameSpec};
@@ -56,6 +59,124 @@ fn rings(c: &mut Criterion) {
                 n += black_box(r).value as usize & 1;
             }
             n
+        })
+    });
+    // Baseline: the same clones through a bounded Mutex<VecDeque> (the
+    // obvious locked queue), same capacity and drop-newest policy; the
+    // consumer locks per pop, as a worker sharing it with ingest would.
+    let queue = std::sync::Mutex::new(std::collections::VecDeque::with_capacity(4096));
+    g.bench_function("mutex_vecdeque_baseline_1000", |b| {
+        b.iter(|| {
+            {
+                // One lock per batch on the producer side, as `Feed::offer`.
+                let mut q = queue.lock().unwrap();
+                for r in black_box(&batch) {
+                    if q.len() < 4096 {
+                        q.push_back(r.clone());
+                    }
+                }
+            }
+            let mut n = 0;
+            while let Some(r) = queue.lock().unwrap().pop_front() {
+                n += black_box(r).value as usize & 1;
+            }
+            n
+        })
+    });
+    g.finish();
+}
+
+/// Ingest and a worker on two threads: 100 batches of 1000 readings offered
+/// while a consumer thread pops them all. Baselines: the same through a
+/// `Mutex<VecDeque>` (consumer locks per pop) and through std's bounded
+/// `sync_channel`. Capacity holds everything, so nothing is dropped. An
+/// empty consumer yields (the worker parks), so it does not spin on the
+/// producer's cache line.
+fn rings_two_threads(c: &mut Criterion) {
+    const BATCHES: usize = 100;
+    const CAPACITY: usize = 1 << 17;
+    let batch = readings(1000);
+    let total = BATCHES * batch.len();
+    let mut g = c.benchmark_group("ring_two_threads");
+    g.throughput(Throughput::Elements(total as u64));
+    g.bench_function("spsc_feed_100k", |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            for _ in 0..iters {
+                let metrics = AnalysisMetrics::new(&mut Registry::default());
+                let (feed, mut cons) = Feed::new(1, CAPACITY, metrics);
+                let mut cons = cons.pop().unwrap();
+                let start = Instant::now();
+                let consumer = std::thread::spawn(move || {
+                    let mut n = 0;
+                    while n < total {
+                        match cons.try_pop() {
+                            Some(r) => n += 1 + (black_box(r).value as usize & 0),
+                            None => std::thread::yield_now(),
+                        }
+                    }
+                });
+                for _ in 0..BATCHES {
+                    feed.offer(black_box(&batch));
+                }
+                consumer.join().unwrap();
+                elapsed += start.elapsed();
+            }
+            elapsed
+        })
+    });
+    g.bench_function("mutex_vecdeque_baseline_100k", |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            for _ in 0..iters {
+                let queue = Arc::new(Mutex::new(VecDeque::<Reading>::with_capacity(CAPACITY)));
+                let q = Arc::clone(&queue);
+                let start = Instant::now();
+                let consumer = std::thread::spawn(move || {
+                    let mut n = 0;
+                    while n < total {
+                        let popped = q.lock().unwrap().pop_front();
+                        match popped {
+                            Some(r) => n += 1 + (black_box(r).value as usize & 0),
+                            None => std::thread::yield_now(),
+                        }
+                    }
+                });
+                for _ in 0..BATCHES {
+                    let mut q = queue.lock().unwrap();
+                    for r in black_box(&batch) {
+                        if q.len() < CAPACITY {
+                            q.push_back(r.clone());
+                        }
+                    }
+                }
+                consumer.join().unwrap();
+                elapsed += start.elapsed();
+            }
+            elapsed
+        })
+    });
+    g.bench_function("std_sync_channel_baseline_100k", |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            for _ in 0..iters {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Reading>(CAPACITY);
+                let start = Instant::now();
+                let consumer = std::thread::spawn(move || {
+                    for _ in 0..total {
+                        black_box(rx.recv().unwrap());
+                    }
+                });
+                for _ in 0..BATCHES {
+                    for r in black_box(&batch) {
+                        // Drop newest when full, as the ring does.
+                        let _ = tx.try_send(r.clone());
+                    }
+                }
+                consumer.join().unwrap();
+                elapsed += start.elapsed();
+            }
+            elapsed
         })
     });
     g.finish();
@@ -151,5 +272,12 @@ fn inference(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, rings, frames, features, inference);
+criterion_group!(
+    benches,
+    rings,
+    rings_two_threads,
+    frames,
+    features,
+    inference
+);
 criterion_main!(benches);

@@ -12,7 +12,7 @@ use outpost_gateway::analysis::detector::ModelSlots;
 use outpost_gateway::analysis::metrics::ScorerLabel;
 use outpost_gateway::analysis::runtime::Analysis;
 use outpost_gateway::analysis::worker::Shard;
-use outpost_gateway::analysis::{AnalysisMetrics, Feed};
+use outpost_gateway::analysis::{AnalysisMetrics, Feed, Span};
 use outpost_gateway::config::{IngestConfig, StorageConfig};
 use outpost_gateway::envelope::{Commit, Content, Envelope};
 use outpost_gateway::ingest::Ingest;
@@ -104,8 +104,8 @@ fn fallback_cfg() -> AnalysisConfig {
         fallback: FallbackConfig {
             channels: vec!["a".into(), "b".into()],
             frame_period: Duration::from_secs(1),
-            window_len: 4,
-            hop: 4,
+            window_len: Span::Frames(4),
+            hop: Span::Frames(4),
             warmup_windows: 13,
             threshold: 6.0,
             k: 1,

@@ -13,8 +13,8 @@
 //! [analysis.fallback]            # when no model is configured
 //! channels = ["current", "vibration", "pressure", "temperature", "flow"]
 //! frame_period = "1s"
-//! window_len = 30
-//! hop = 10
+//! window_len = 30              # frames, or a duration on the grid: "30s"
+//! hop = 10                       # frames, or a duration: "10s"
 //! warmup_windows = 20
 //! threshold = 8.0
 //! k = 2
@@ -37,7 +37,7 @@ use std::time::Duration;
 use protocol::features::channel_list_problems;
 use serde::Deserialize;
 
-use super::windows::GapPolicy;
+use super::windows::{GapPolicy, Span, WindowSpec, WindowSpecProblem};
 use crate::config::ConfigProblem;
 
 /// Analysis settings. See the module documentation.
@@ -115,10 +115,11 @@ pub struct FallbackConfig {
     /// The frame grid step.
     #[serde(with = "humantime_serde")]
     pub frame_period: Duration,
-    /// Frames per window.
-    pub window_len: usize,
-    /// Frames from one window to the next.
-    pub hop: usize,
+    /// Window length: frames (`30`) or time (`"30s"`, a whole number of
+    /// `frame_period`s).
+    pub window_len: Span,
+    /// From one window to the next: frames (`10`) or time (`"10s"`).
+    pub hop: Span,
     /// Windows per device used to learn its baseline before scoring.
     pub warmup_windows: usize,
     /// A window is anomalous when a feature's robust |z| is above this.
@@ -136,13 +137,20 @@ impl Default for FallbackConfig {
                 .map(String::from)
                 .to_vec(),
             frame_period: Duration::from_secs(1),
-            window_len: 30,
-            hop: 10,
+            window_len: Span::Frames(30),
+            hop: Span::Frames(10),
             warmup_windows: 20,
             threshold: 8.0,
             k: 1,
             n: 1,
         }
+    }
+}
+
+impl FallbackConfig {
+    /// Window length and hop in frames.
+    pub fn window_spec(&self) -> Result<WindowSpec, super::AnalysisError> {
+        WindowSpec::spans(self.window_len, self.hop, self.frame_period)
     }
 }
 
@@ -209,14 +217,18 @@ impl AnalysisConfig {
         if f.frame_period.is_zero() {
             bad("fallback.frame_period", "must be positive".into());
         }
-        if f.window_len < 2 || f.window_len > protocol::features::MAX_WINDOW_LEN {
-            bad(
-                "fallback.window_len",
-                format!("must be within 2..={}", protocol::features::MAX_WINDOW_LEN),
-            );
-        }
-        if f.hop == 0 {
-            bad("fallback.hop", "must be at least 1".into());
+        if let Err(super::AnalysisError::WindowSpec { problems: window }) = f.window_spec() {
+            for problem in window {
+                let field = match problem {
+                    WindowSpecProblem::ZeroHop
+                    | WindowSpecProblem::NotWholeFrames { field: "hop", .. } => "fallback.hop",
+                    WindowSpecProblem::InvalidPeriod => "fallback.frame_period",
+                    _ => "fallback.window_len",
+                };
+                if field != "fallback.frame_period" || !f.frame_period.is_zero() {
+                    bad(field, problem.to_string());
+                }
+            }
         }
         if !(1..=100_000).contains(&f.warmup_windows) {
             bad(
@@ -321,5 +333,59 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<AnalysisConfig>("shard = 2").is_err());
+    }
+
+    fn fallback(text: &str) -> (FallbackConfig, Vec<String>) {
+        let cfg: AnalysisConfig = toml::from_str(text).unwrap();
+        let mut p = Vec::new();
+        cfg.validate("analysis", &mut p);
+        let problems = p
+            .iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect();
+        (cfg.fallback, problems)
+    }
+
+    #[test]
+    fn windows_can_be_given_in_frames_or_in_time_on_the_frame_grid() {
+        let (f, p) =
+            fallback("[fallback]\nframe_period = \"500ms\"\nwindow_len = \"30s\"\nhop = 5");
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(f.window_len, Span::Time(Duration::from_secs(30)));
+        let spec = f.window_spec().unwrap();
+        assert_eq!((spec.len(), spec.hop()), (60, 5));
+
+        let (f, p) = fallback("[fallback]\nwindow_len = 20\nhop = \"1m\"");
+        assert!(p.is_empty(), "{p:?}");
+        let spec = f.window_spec().unwrap();
+        assert_eq!((spec.len(), spec.hop()), (20, 60));
+    }
+
+    #[test]
+    fn a_time_window_that_is_not_whole_frames_or_too_short_is_refused_by_key() {
+        let (_, p) = fallback("[fallback]\nwindow_len = \"2500ms\"\nhop = \"0s\"");
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].starts_with("analysis.fallback.window_len: `len` (2.5s)"),
+            "{p:?}"
+        );
+        assert!(p[1].starts_with("analysis.fallback.hop: "), "{p:?}");
+
+        let (_, p) = fallback("[fallback]\nwindow_len = \"1s\"");
+        assert_eq!(
+            p,
+            ["analysis.fallback.window_len: `len` is 1 frames, at least 2 are needed"]
+        );
+
+        for bad in ["window_len = -3", "window_len = \"soon\"", "hop = 1.5"] {
+            let text = format!("[fallback]\n{bad}");
+            let err = toml::from_str::<AnalysisConfig>(&text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("frames") || err.contains("duration"),
+                "{bad}: {err}"
+            );
+        }
     }
 }

@@ -119,18 +119,25 @@ impl Pipeline {
                     model_version: man.version,
                 }
             }
-            None => Pipeline {
-                channels: fallback.channels.clone(),
-                frame_period: fallback.frame_period,
-                window_len: fallback.window_len,
-                hop: fallback.hop,
-                threshold: fallback.threshold,
-                k: fallback.k,
-                n: fallback.n,
-                model_features: None,
-                model_name: "fallback".into(),
-                model_version: 0,
-            },
+            None => {
+                // Config validation has checked the spec; an invalid one
+                // (0, 0) is refused again when the shard builds its windower.
+                let (window_len, hop) = fallback
+                    .window_spec()
+                    .map_or((0, 0), |spec| (spec.len(), spec.hop()));
+                Pipeline {
+                    channels: fallback.channels.clone(),
+                    frame_period: fallback.frame_period,
+                    window_len,
+                    hop,
+                    threshold: fallback.threshold,
+                    k: fallback.k,
+                    n: fallback.n,
+                    model_features: None,
+                    model_name: "fallback".into(),
+                    model_version: 0,
+                }
+            }
         }
     }
 

@@ -40,7 +40,9 @@ pub mod worker;
 pub use frames::{Frame, FrameAssembler, FrameSpec, FrameSpecProblem, FrameStats};
 pub use metrics::AnalysisMetrics;
 pub use rings::Feed;
-pub use windows::{GapPolicy, WindowRef, WindowSpec, WindowSpecProblem, WindowStats, Windower};
+pub use windows::{
+    GapPolicy, Span, WindowRef, WindowSpec, WindowSpecProblem, WindowStats, Windower,
+};
 
 /// Why an analysis component could not be built or could not take a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

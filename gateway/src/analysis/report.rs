@@ -96,7 +96,7 @@ fn summarize(out: &mut String, a: &AnalysisConfig) {
             let f = &a.fallback;
             let _ = writeln!(
                 out,
-                "model: none — fallback robust z-score over [{}], {} frames of {:?} every {}, \
+                "model: none — fallback robust z-score over [{}], windows of {} on a {:?} grid every {}, \
                  warm-up {} windows, alert when |z| > {} in {} of {} windows",
                 f.channels.join(", "),
                 f.window_len,

@@ -86,6 +86,7 @@ impl Analysis {
             )?);
         }
         drop(alert_tx);
+        feed.set_workers(workers.iter().map(|w| w.thread.thread().clone()).collect());
         let mqtt_options = match mqtt {
             Some(m) if cfg.alerts.mqtt => Some(alerts::mqtt_options(m)?),
             _ => None,

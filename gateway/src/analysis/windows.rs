@@ -74,6 +74,87 @@ pub enum WindowSpecProblem {
     },
 }
 
+/// A window length or hop as configured: a number of frames (`30`) or a
+/// duration on the frame grid (`"30s"`), which must be a whole number of
+/// frame periods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Span {
+    Frames(usize),
+    Time(Duration),
+}
+
+impl Span {
+    /// Frames on a grid of `period`; `None` (with the problem pushed) when
+    /// a duration is not a whole number of periods or the period is invalid.
+    fn frames(
+        self,
+        field: &'static str,
+        period: Duration,
+        problems: &mut Vec<WindowSpecProblem>,
+    ) -> Option<usize> {
+        match self {
+            Span::Frames(n) => Some(n),
+            Span::Time(value) => {
+                let Some(p) = nanos(period).filter(|&p| p > 0) else {
+                    if !problems.contains(&WindowSpecProblem::InvalidPeriod) {
+                        problems.push(WindowSpecProblem::InvalidPeriod);
+                    }
+                    return None;
+                };
+                let (n, p) = (value.as_nanos(), u128::from(p.unsigned_abs()));
+                if n.is_multiple_of(p) {
+                    Some(usize::try_from(n / p).unwrap_or(usize::MAX))
+                } else {
+                    problems.push(WindowSpecProblem::NotWholeFrames {
+                        field,
+                        value,
+                        period,
+                    });
+                    None
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Span::Frames(n) => write!(f, "{n} frames"),
+            Span::Time(d) => write!(f, "{}", humantime::format_duration(*d)),
+        }
+    }
+}
+
+/// `30` (frames) or `"30s"` (a duration, humantime syntax).
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Span;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number of frames (e.g. 30) or a duration (e.g. \"30s\")")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Span, E> {
+                usize::try_from(v)
+                    .map(Span::Frames)
+                    .map_err(|_| E::custom("number of frames too large"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Span, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom("a number of frames cannot be negative"))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Span, E> {
+                humantime::parse_duration(v)
+                    .map(Span::Time)
+                    .map_err(|e| E::custom(format!("`{v}` is not a duration: {e}")))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 impl WindowSpec {
     /// `len` frames per window (at least 2, as feature extraction needs), a
     /// window every `hop ≥ 1` frames.
@@ -92,33 +173,23 @@ impl WindowSpec {
     /// holds `len / period` frames, so its first and last frame times are
     /// `len − period` apart.
     pub fn time(len: Duration, hop: Duration, period: Duration) -> Result<Self, AnalysisError> {
-        let Some(p) = nanos(period).filter(|&p| p > 0) else {
-            return Err(AnalysisError::WindowSpec {
-                problems: vec![WindowSpecProblem::InvalidPeriod],
-            });
-        };
-        let p = u128::from(p.unsigned_abs());
+        Self::spans(Span::Time(len), Span::Time(hop), period)
+    }
+
+    /// Length and hop each given as frames or as time on a grid of `period`
+    /// (see [`WindowSpec::time`]), e.g. from config.
+    pub fn spans(len: Span, hop: Span, period: Duration) -> Result<Self, AnalysisError> {
         let mut problems = Vec::new();
-        let mut whole = |field, value: Duration| {
-            let n = value.as_nanos();
-            if !n.is_multiple_of(p) {
-                problems.push(WindowSpecProblem::NotWholeFrames {
-                    field,
-                    value,
-                    period,
-                });
-            }
-            usize::try_from(n / p).unwrap_or(usize::MAX)
-        };
-        let (len_frames, hop_frames) = (whole("len", len), whole("hop", hop));
-        problems.extend(Self::problems(len_frames, hop_frames));
-        if problems.is_empty() {
-            Ok(WindowSpec {
-                len: len_frames,
-                hop: hop_frames,
-            })
-        } else {
-            Err(AnalysisError::WindowSpec { problems })
+        let len_frames = len.frames("len", period, &mut problems);
+        let hop_frames = hop.frames("hop", period, &mut problems);
+        // Each known part is checked, so every problem is reported at once.
+        problems.extend(Self::problems(
+            len_frames.unwrap_or(2),
+            hop_frames.unwrap_or(1),
+        ));
+        match (len_frames, hop_frames) {
+            (Some(len), Some(hop)) if problems.is_empty() => Ok(WindowSpec { len, hop }),
+            _ => Err(AnalysisError::WindowSpec { problems }),
         }
     }
 

@@ -290,6 +290,12 @@ impl Shard {
         }
     }
 
+    /// When the pending batch must be scored (`batch_latency` after its
+    /// oldest window), if anything is pending.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.oldest.map(|t| t + self.cfg.batch_latency)
+    }
+
     /// Scores every pending window now and decides on each, in order.
     pub fn flush(&mut self, now: Instant, out: &mut impl FnMut(Alert)) {
         self.oldest = None;
@@ -493,9 +499,16 @@ pub fn spawn(
                     shard.push(&r, Instant::now(), &mut send);
                     n += 1;
                 }
-                shard.tick(Instant::now(), &mut send);
+                let now = Instant::now();
+                shard.tick(now, &mut send);
                 if n == 0 {
-                    std::thread::park_timeout(idle);
+                    // Ingest unparks us when it pushes; otherwise wake for
+                    // the pending batch's deadline, or after `idle` (model
+                    // swaps, the stop flag).
+                    let wait = shard
+                        .deadline()
+                        .map_or(idle, |d| d.saturating_duration_since(now).min(idle));
+                    std::thread::park_timeout(wait);
                 }
             }
             // Ingest stopped before us: what is in the ring is the last of it.
@@ -512,6 +525,7 @@ pub fn spawn(
 mod tests {
     use super::*;
     use crate::analysis::config::FallbackConfig;
+    use crate::analysis::windows::Span;
     use prometheus_client::registry::Registry;
 
     fn cfg() -> AnalysisConfig {
@@ -523,8 +537,8 @@ mod tests {
             fallback: FallbackConfig {
                 channels: vec!["a".into(), "b".into()],
                 frame_period: Duration::from_secs(1),
-                window_len: 4,
-                hop: 4,
+                window_len: Span::Frames(4),
+                hop: Span::Frames(4),
                 warmup_windows: 13,
                 threshold: 6.0,
                 k: 1,

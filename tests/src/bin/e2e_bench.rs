@@ -12,6 +12,13 @@
 //! 3. Latency at half the sustained pack rate: the gateway's receipt → durable
 //!    ack histogram (bucket-interpolated) and the simulator's publish → PUBACK.
 //!
+//! 4. Publish → alert at the same half rate, on a second gateway with edge
+//!    analytics on (fallback detector on a 10 ms frame grid): each alert's
+//!    last frame time (= the simulator's publish schedule, since its simulated
+//!    clock runs at wall-clock pace from "now") → its receipt by
+//!    `mosquitto_sub` on `outpost/alerts/#`. Its data-path figures, set against
+//!    phase 3's, give the cost of analytics on ingest.
+//!
 //! Alongside: gateway RSS idle and peak, gateway CPU per message and per
 //! reading, fsyncs per second. Build release binaries first and run the release
 //! bench (binaries are resolved next to this executable):
@@ -62,6 +69,9 @@ struct Args {
     /// Skip the one-reading-per-message run.
     #[arg(long)]
     skip_single: bool,
+    /// Length of the analytics (publish → alert) phase; 0 skips it.
+    #[arg(long, default_value_t = 30)]
+    analytics_seconds: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -124,6 +134,31 @@ struct Phase {
     max_poll_ms: f64,
 }
 
+/// Phase 4: the half-rate run again with `[analysis]` on.
+#[derive(Debug, Serialize)]
+struct AlertRun {
+    /// The data path with analysis on (compare with `half_rate`).
+    phase: Phase,
+    /// The `[analysis]` section the gateway ran with.
+    config: String,
+    alerts_received: u64,
+    /// Alert's last frame time → receipt on the MQTT topic (nearest rank).
+    publish_to_alert: Option<Percentiles>,
+    /// Last frame time → the gateway raised it (frames, windows, scoring).
+    frame_to_raised: Option<Percentiles>,
+    /// Raised → received (outbox, MQTT publish, broker).
+    raised_to_received: Option<Percentiles>,
+    windows_scored: f64,
+    anomalous_windows: f64,
+    ring_dropped: f64,
+    /// Windows per inference call (the `_ms` fields hold window counts).
+    batch_windows: Option<Percentiles>,
+    /// Time of one inference call (bucket-interpolated).
+    inference: Option<Percentiles>,
+    /// Alerts suppressed or lost, all reasons.
+    alerts_dropped: f64,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     messages: u64,
@@ -138,6 +173,7 @@ struct Report {
     pack: Phase,
     single: Option<Phase>,
     half_rate: Phase,
+    analytics: Option<AlertRun>,
     ratio_pack_msgs: f64,
     ratio_single_msgs: Option<f64>,
     gateway_exit_code: Option<i32>,
@@ -232,6 +268,22 @@ fn run(args: &Args) -> Result<Report> {
         warnings.push(format!("gateway exited with {exit:?} after SIGTERM"));
     }
 
+    let analytics = if args.analytics_seconds > 0 {
+        let secs = args.analytics_seconds;
+        eprintln!("analytics: {secs} s at {half:.0} msgs/s with [analysis] on");
+        Some(alert_phase(
+            dir,
+            &broker,
+            &sink,
+            args,
+            half,
+            pids,
+            &mut warnings,
+        )?)
+    } else {
+        None
+    };
+
     let runs = vec![first.rate, second.rate];
     let mean = runs.iter().sum::<f64>() / runs.len() as f64;
     let baseline = Baseline {
@@ -259,6 +311,7 @@ fn run(args: &Args) -> Result<Report> {
         pack,
         single,
         half_rate,
+        analytics,
         gateway_exit_code: exit,
         warnings,
     })
@@ -509,6 +562,158 @@ impl PhaseCtx<'_> {
             max_poll_ms: max_poll.as_secs_f64() * 1e3,
         })
     }
+}
+
+/// The `[analysis]` section of phase 4: the fallback detector on a 10 ms grid
+/// (the simulator ticks every `devices / rate` s), so windows are scored at
+/// load, and every anomalous window alerts (no hysteresis, no rate limit).
+const ANALYSIS_TOML: &str = r#"
+[analysis]
+shards = 2
+batch_size = 64
+batch_latency = "20ms"
+hold = "50ms"
+reorder = "0s"
+[analysis.fallback]
+channels = ["current", "vibration", "pressure", "temperature", "flow"]
+frame_period = "10ms"
+window_len = 32
+hop = 8
+warmup_windows = 20
+threshold = 8.0
+k = 1
+n = 1
+[analysis.alerts]
+min_interval = "1ms"
+publish_queue = 4096
+"#;
+
+/// Phase 4: a second gateway (own outbox, same broker and sink) with
+/// analysis on, the simulator at `rate` for `--analytics-seconds`, and
+/// `mosquitto_sub` stamping each alert on arrival.
+fn alert_phase(
+    dir: &Path,
+    broker: &Mosquitto,
+    sink: &Sink,
+    args: &Args,
+    rate: f64,
+    pids: Pids,
+    warnings: &mut Vec<String>,
+) -> Result<AlertRun> {
+    let gw_dir = dir.join("analytics");
+    fs::create_dir_all(&gw_dir)?;
+    let mut opts = GatewayOpts::new(broker.port, sink);
+    opts.extra = ANALYSIS_TOML.into();
+    let mut gw = Gateway::start(&gw_dir, &opts)?;
+    let gateway = gw
+        .proc
+        .as_ref()
+        .and_then(Proc::pid)
+        .context("gateway pid")?;
+    let received = gw_dir.join("alerts.txt");
+    let mut sub = Proc::spawn(
+        "mosquitto_sub",
+        Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+            .args(["-t", "outpost/alerts/#", "-q", "1", "-F", "%U %p"]),
+        received.clone(),
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let ctx = PhaseCtx {
+        dir: &gw_dir,
+        broker: broker.port,
+        devices: args.devices,
+        sink,
+        gw: &gw,
+        pids: Pids { gateway, ..pids },
+        clk_tck: clk_tck(),
+    };
+    let count = (rate * args.analytics_seconds as f64) as u64;
+    let before = gw.metrics()?;
+    let phase = ctx.phase("analytics", "an-", count, rate, false, warnings)?;
+    // Alerts of the last windows may still be on their way.
+    std::thread::sleep(Duration::from_secs(1));
+    let after = gw.metrics()?;
+    sub.terminate(Duration::from_secs(5))?;
+    match gw.terminate() {
+        Ok(Some(0)) => {}
+        other => warnings.push(format!("analytics gateway SIGTERM: {other:?}")),
+    }
+
+    let (mut to_alert, mut to_raised, mut to_received) = (Vec::new(), Vec::new(), Vec::new());
+    for line in fs::read_to_string(&received)?.lines() {
+        let Some((at, json)) = line.split_once(' ') else {
+            continue;
+        };
+        let (Ok(at), Ok(alert)) = (
+            at.parse::<f64>(),
+            serde_json::from_str::<protocol::alert::Alert>(json),
+        ) else {
+            warnings.push(format!("analytics: unreadable alert line {line:?}"));
+            continue;
+        };
+        let ms = |ns: i64| ns as f64 / 1e6;
+        let at_ms = at * 1e3;
+        to_alert.push(at_ms - ms(alert.end.0));
+        to_raised.push(ms(alert.raised.0 - alert.end.0));
+        to_received.push(at_ms - ms(alert.raised.0));
+    }
+    if to_alert.is_empty() {
+        warnings.push("analytics: no alert was received".into());
+    }
+    let delta =
+        |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+    let sum = |prefix: &str| -> f64 {
+        after
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .map(|k| delta(k))
+            .sum::<f64>()
+            + 0.0 // an empty sum is -0.0
+    };
+    Ok(AlertRun {
+        phase,
+        config: ANALYSIS_TOML.trim().into(),
+        alerts_received: to_alert.len() as u64,
+        publish_to_alert: nearest_rank(&mut to_alert),
+        frame_to_raised: nearest_rank(&mut to_raised),
+        raised_to_received: nearest_rank(&mut to_received),
+        windows_scored: sum("outpost_gateway_analysis_windows_scored_total"),
+        anomalous_windows: delta("outpost_gateway_analysis_anomalous_windows_total"),
+        ring_dropped: delta("outpost_gateway_analysis_ring_dropped_total"),
+        batch_windows: histogram_delta(&before, &after, "outpost_gateway_analysis_batch_windows")
+            .map(|p| Percentiles {
+                // The histogram counts windows, not seconds.
+                p50_ms: p.p50_ms / 1e3,
+                p90_ms: p.p90_ms / 1e3,
+                p99_ms: p.p99_ms / 1e3,
+                count: p.count,
+            }),
+        inference: histogram_delta(
+            &before,
+            &after,
+            "outpost_gateway_analysis_inference_seconds",
+        ),
+        alerts_dropped: sum("outpost_gateway_analysis_alerts_dropped_total"),
+    })
+}
+
+/// p50/p90/p99 of samples (ms) by nearest rank.
+fn nearest_rank(samples: &mut [f64]) -> Option<Percentiles> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_by(f64::total_cmp);
+    let q = |q: f64| {
+        let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+        samples[rank - 1]
+    };
+    Some(Percentiles {
+        p50_ms: q(0.5),
+        p90_ms: q(0.9),
+        p99_ms: q(0.99),
+        count: samples.len() as u64,
+    })
 }
 
 struct SimSummary {
@@ -775,10 +980,74 @@ fn human(r: &Report) -> String {
         "sim publish→PUBACK (Mosquitto's ack)",
         &h.sim_puback_latency,
     );
+    if let Some(a) = &r.analytics {
+        let p = &a.phase;
+        s.push_str(&format!(
+            "\npublish→alert with [analysis] on, at {:.0} msgs/s requested ({:.0} achieved, {} msgs, \
+             {} alerts received, {:.0} windows scored, {:.0} anomalous, {:.0} ring drops, \
+             {:.0} alerts dropped):\n",
+            p.target_rate,
+            p.msgs_per_s,
+            p.messages_acked,
+            a.alerts_received,
+            a.windows_scored,
+            a.anomalous_windows,
+            a.ring_dropped,
+            a.alerts_dropped
+        ));
+        let pct = |s: &mut String, what: &str, p: &Option<Percentiles>, unit: &str| {
+            let measured = p.as_ref().map_or("n/a".into(), |p| {
+                format!(
+                    "p50 {:.2}  p90 {:.2}  p99 {:.2} {unit} (n={})",
+                    p.p50_ms, p.p90_ms, p.p99_ms, p.count
+                )
+            });
+            line(s, what, "", measured);
+        };
+        pct(
+            &mut s,
+            "last frame time→alert received",
+            &a.publish_to_alert,
+            "ms",
+        );
+        pct(
+            &mut s,
+            "  of it: last frame time→raised",
+            &a.frame_to_raised,
+            "ms",
+        );
+        pct(
+            &mut s,
+            "  of it: raised→received (MQTT)",
+            &a.raised_to_received,
+            "ms",
+        );
+        // The fallback detector makes no inference calls.
+        if a.inference.is_some() {
+            pct(
+                &mut s,
+                "inference call (bucket-interp.)",
+                &a.inference,
+                "ms",
+            );
+            pct(&mut s, "windows per inference call", &a.batch_windows, "");
+        }
+        lat(
+            &mut s,
+            "gateway receipt→durable ack, analysis on",
+            &p.gateway_ack_latency,
+        );
+    }
     s.push_str("\nCPU seconds over each phase window (2 cores shared):\n");
-    for p in [Some(&r.pack), r.single.as_ref(), Some(&r.half_rate)]
-        .into_iter()
-        .flatten()
+    let analytics = r.analytics.as_ref().map(|a| &a.phase);
+    for p in [
+        Some(&r.pack),
+        r.single.as_ref(),
+        Some(&r.half_rate),
+        analytics,
+    ]
+    .into_iter()
+    .flatten()
     {
         s.push_str(&format!(
             "  {:<10} window {:.2} s (sim done after {:.2} s): gateway {:.2}  mosquitto {:.2}  \
