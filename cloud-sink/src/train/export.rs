@@ -14,7 +14,10 @@
 //! - **forecast**: the residual of the newest frame is `z·M + b` with
 //!   `M = [−β; I]·diag(1/σ)`, `b = −intercept/σ` (one MatMul, no slicing);
 //!   score `Σ (z·M + b)²`;
-//! - **classifier**: `Sigmoid(z·w + b)`.
+//! - **classifier**: `Sigmoid(z·w + b)`;
+//! - **autoencoder**: `h = Tanh(z·W1 + b1)`, `ẑ = h·W2 + b2` (two Gemm),
+//!   score `ReduceMean((z − ẑ)², axis 1)` — the math of
+//!   `outpost_models::builder::graphs::autoencoder` on the standardised input.
 //!
 //! **The check**: the exported bytes are loaded back with the tract runner
 //! (`outpost_models::Model`) and score the held-out rows; the reference is
@@ -72,6 +75,12 @@ pub fn graph(model: &SavedModel) -> Result<Vec<u8>, TrainError> {
         ));
     }
     let n = model.pipeline.center.len();
+    if model.model.input_len() != n {
+        return Err(TrainError::Export(format!(
+            "the model takes {} columns, the standardisation gives {n}",
+            model.model.input_len()
+        )));
+    }
     let mut g = GraphBuilder::new(model.family.name());
     g.doc("Outpost anomaly model: standardisation and score, exported by outpost-cloud-sink train");
     let x = g.input("features", &[Dim::batch(), Dim::Fixed(n)]);
@@ -174,6 +183,27 @@ pub fn graph(model: &SavedModel) -> Result<Vec<u8>, TrainError> {
             let y = g.add(&y, &b);
             g.sigmoid(&y)
         }
+        FittedModel::Autoencoder(m) => {
+            let k = m.hidden_len();
+            let w1 = g
+                .initializer("w1", &[n, k], row_major(&m.w1))
+                .map_err(build_err)?;
+            let b1 = g
+                .initializer("b1", &[k], f32s(m.b1.iter().copied()))
+                .map_err(build_err)?;
+            let w2 = g
+                .initializer("w2", &[k, n], row_major(&m.w2))
+                .map_err(build_err)?;
+            let b2 = g
+                .initializer("b2", &[n], f32s(m.b2.iter().copied()))
+                .map_err(build_err)?;
+            let a = g.dense(&z, &w1, &b1);
+            let hidden = g.tanh(&a);
+            let recon = g.dense(&hidden, &w2, &b2);
+            let err = g.sub(&z, &recon);
+            let sq = g.mul(&err, &err);
+            g.reduce_mean(&sq, &[1], true)
+        }
     };
     g.output(&score, "score", &[Dim::batch(), Dim::Fixed(1)]);
     g.to_bytes().map_err(build_err)
@@ -205,6 +235,7 @@ pub fn manifest(
         FittedModel::Gaussian(_) => ModelFamily::Mahalanobis,
         FittedModel::Forecast(_) => ModelFamily::Forecaster,
         FittedModel::Classifier(_) => ModelFamily::Classifier,
+        FittedModel::Autoencoder(_) => ModelFamily::Autoencoder,
     };
     let mut metrics = std::collections::BTreeMap::new();
     if let Some(m) = &report.heldout {

@@ -8,7 +8,8 @@
 //!   one-hot of categorical channels) and a guarded PCA.
 //! - [`families`] — the model families: PCA T²+Q, Gaussian/Mahalanobis with
 //!   Ledoit-Wolf shrinkage, ridge autoregressive forecaster, logistic
-//!   regression.
+//!   regression, MLP autoencoder (with a fleet base model fine-tuned per
+//!   device, [`families::fleet`]).
 //! - [`cv`] — k-fold, stratified k-fold and forward-chaining (time-ordered) folds.
 //! - [`metrics`] — classification, ranking and regression metrics.
 //! - [`threshold`] — alarm thresholds: best F1, target false-alarm rate,
@@ -135,6 +136,11 @@ pub enum TrainError {
     Json(#[from] serde_json::Error),
     #[error("export refused: {0}")]
     Export(String),
+    #[error("device `{device}`: {source}")]
+    Device {
+        device: String,
+        source: Box<TrainError>,
+    },
 }
 
 impl TrainError {
@@ -166,6 +172,7 @@ impl TrainError {
             TrainError::Registry(_) => "registry",
             TrainError::Json(_) => "json",
             TrainError::Export(_) => "export",
+            TrainError::Device { source, .. } => source.reason_code(),
         }
     }
 }

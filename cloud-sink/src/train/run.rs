@@ -424,7 +424,7 @@ pub fn train(opts: &TrainOptions, progress: &ProgressBar) -> Result<TrainOutcome
     let labelled = table.labels.is_some();
     let candidates: Vec<FamilyKind> = match opts.family {
         Some(f) => vec![f],
-        None if labelled => FamilyKind::ALL.to_vec(),
+        None if labelled => FamilyKind::AUTO.to_vec(),
         None => {
             return Err(TrainError::NeedLabels {
                 what: "choosing a family by validation (--family auto)",
