@@ -111,7 +111,10 @@ fn rings_two_threads(c: &mut Criterion) {
                     let mut n = 0;
                     while n < total {
                         match cons.try_pop() {
-                            Some(r) => n += 1 + (black_box(r).value as usize & 0),
+                            Some(r) => {
+                                black_box(r);
+                                n += 1;
+                            }
                             None => std::thread::yield_now(),
                         }
                     }
@@ -137,7 +140,10 @@ fn rings_two_threads(c: &mut Criterion) {
                     while n < total {
                         let popped = q.lock().unwrap().pop_front();
                         match popped {
-                            Some(r) => n += 1 + (black_box(r).value as usize & 0),
+                            Some(r) => {
+                                black_box(r);
+                                n += 1;
+                            }
                             None => std::thread::yield_now(),
                         }
                     }
