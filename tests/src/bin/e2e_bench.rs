@@ -566,7 +566,8 @@ impl PhaseCtx<'_> {
 
 /// The `[analysis]` section of phase 4: the fallback detector on a 10 ms grid
 /// (the simulator ticks every `devices / rate` s), so windows are scored at
-/// load, and every anomalous window alerts (no hysteresis, no rate limit).
+/// load, and a device alerts each time it enters the anomalous state
+/// (k = n = 1, no rate limit), not once per anomalous window.
 const ANALYSIS_TOML: &str = r#"
 [analysis]
 shards = 2
