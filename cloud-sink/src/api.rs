@@ -4,7 +4,12 @@
 //! |---|---|
 //! | `POST /v1/ingest` | an `UplinkBatch` (CBOR + zstd), bearer token → `{"stored": n, "duplicates": m}` |
 //! | `GET /v1/readings` | `?device=&channel=&from=&to=&limit=` → `{"readings": [...], "count": n}` |
-//! | `GET /v1/alerts` | `?device=&from=&to=&limit=` → `{"alerts": [...], "count": n}` (edge analytics alerts, by start) |
+//! | `GET /v1/alerts` | `?device=&from=&to=&limit=` → `{"alerts": [...], "count": n}` (edge analytics alerts, by start; each with its `id` and operator `label` or `null`) |
+//! | `POST /v1/alerts/{id}/label` | operator token; `{"true_alarm": bool, "by": "..."}` (`by` defaults to the operator's name) → 200 the alert with its label; 404 unknown alert |
+//! | `POST /v1/training/jobs` | operator token; `{"scope", "devices", "from", "to", "family", "window", "hop", "stats", "period"}` (all optional: the fleet, all data, `auto`, `train`'s defaults) → 202 the job, `Location` its URL; 503 + `Retry-After` when `training.queue_capacity` jobs already wait |
+//! | `GET /v1/training/jobs` | `{"jobs": [...], "count", "queued", "queue_capacity"}`, newest first (the last `training.keep_finished` finished jobs) |
+//! | `GET /v1/training/jobs/{id}` | one job: `state` (queued, running, succeeded, failed), `stage`, `stages` with times, `progress` (folds done/total), `labels`, `error`, `result` (model version, family, held-out metrics) |
+//! | `GET /v1/models` | `?scope=&limit=` → `{"models": [...], "count": n}`, the registry's versions, newest first |
 //! | `GET /v1/quarantine` | `?gateway=&reason=&limit=` → `{"entries": [...], "count": n}`, newest first (gateways with `storage.uplink_quarantine`) |
 //! | `GET /v1/gateways` | per-gateway counters → `{"gateways": [...]}` |
 //! | `GET /v1/stats` | totals → `{"gateways", "batches", "readings_stored", "duplicates"}` |
@@ -18,6 +23,12 @@
 //! that does not decode, 403 a batch for another gateway than the token's,
 //! 503 storage failure (retry later). 200 is sent only after the batch is
 //! committed to storage.
+//!
+//! The mutating routes other than ingest (training jobs, alert labels) need
+//! an operator bearer token from `api.operator_tokens_file`, checked before
+//! the body is read: 403 when the sink has no operator tokens configured,
+//! 401 for a missing or unknown token. Their JSON bodies are at most
+//! [`MAX_JSON_BODY`] bytes; unknown fields are refused (400).
 
 use std::sync::Arc;
 use std::time::{Instant, UNIX_EPOCH};
@@ -25,8 +36,8 @@ use std::time::{Instant, UNIX_EPOCH};
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, Request, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -37,16 +48,24 @@ use protocol::batch::{BatchError, BatchLimits};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use crate::auth::{self, AuthError};
+use crate::auth::{self, AuthError, OperatorTokens};
 use crate::metrics::{BatchOutcome, Metrics};
 use crate::storage::{
-    AlertQuery, GatewayStats, QuarantineQuery, ReadingQuery, Storage, StorageError, StoredAlert,
-    StoredQuarantine, StoredReading,
+    AlertId, AlertLabel, AlertQuery, GatewayStats, QuarantineQuery, ReadingQuery, Storage,
+    StorageError, StoredAlert, StoredQuarantine, StoredReading,
 };
+use crate::train::jobs::{JobSpec, Jobs, SpecInput, SubmitError, Trigger};
+use crate::train::registry::Registry;
 
 /// Default and largest `limit` of `GET /v1/readings`.
 pub const DEFAULT_QUERY_LIMIT: u32 = 1000;
 pub const MAX_QUERY_LIMIT: u32 = 100_000;
+
+/// Largest JSON body of the operator routes.
+pub const MAX_JSON_BODY: usize = 64 * 1024;
+/// Default and largest `limit` of `GET /v1/models`.
+pub const DEFAULT_MODELS_LIMIT: u32 = 100;
+pub const MAX_MODELS_LIMIT: u32 = 10_000;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -54,6 +73,27 @@ pub struct AppState {
     storage: Arc<dyn Storage>,
     metrics: Arc<Metrics>,
     limits: Arc<BatchLimits>,
+    jobs: Arc<Jobs>,
+    /// `None`: no operator tokens configured; operator routes answer 403.
+    operators: Option<Arc<OperatorTokens>>,
+}
+
+impl AppState {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        metrics: Arc<Metrics>,
+        limits: BatchLimits,
+        jobs: Arc<Jobs>,
+        operators: Option<OperatorTokens>,
+    ) -> Self {
+        AppState {
+            storage,
+            metrics,
+            limits: Arc::new(limits),
+            jobs,
+            operators: operators.map(Arc::new),
+        }
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -65,16 +105,16 @@ impl std::fmt::Debug for AppState {
 }
 
 /// The sink's router.
-pub fn router(storage: Arc<dyn Storage>, metrics: Arc<Metrics>, limits: BatchLimits) -> Router {
-    let state = AppState {
-        storage,
-        metrics: metrics.clone(),
-        limits: Arc::new(limits),
-    };
+pub fn router(state: AppState) -> Router {
+    let metrics = state.metrics.clone();
     Router::new()
         .route("/v1/ingest", post(ingest))
         .route("/v1/readings", get(readings))
         .route("/v1/alerts", get(alerts))
+        .route("/v1/alerts/{id}/label", post(label_alert))
+        .route("/v1/training/jobs", post(submit_job).get(list_jobs))
+        .route("/v1/training/jobs/{id}", get(get_job))
+        .route("/v1/models", get(models))
         .route("/v1/quarantine", get(quarantine))
         .route("/v1/gateways", get(gateways))
         .route("/v1/stats", get(stats))
@@ -670,12 +710,297 @@ async fn health(State(state): State<AppState>) -> Response {
     }
 }
 
+/// The operator a request's bearer token belongs to: 403 when no operator
+/// tokens are configured, 401 for a missing or unknown token.
+fn operator(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let Some(operators) = &state.operators else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the operator API is disabled: this sink has no operator tokens (set api.operator_tokens_file in its config)",
+        ));
+    };
+    let token = auth::bearer_token(
+        headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+    )
+    .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    operators
+        .operator(token)
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, AuthError::Unknown.to_string()))
+}
+
+/// Reads a JSON body of at most [`MAX_JSON_BODY`] bytes (400 / 413).
+async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let bytes = read_body_limited(body, MAX_JSON_BODY)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body is over {MAX_JSON_BODY} bytes"),
+            ),
+            BodyError::Read(e) => {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("reading body: {e}"))
+            }
+        })?;
+    // No body at all reads as `{}` (every field of a job request is optional).
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &bytes
+    };
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+/// Body of `POST /v1/alerts/{id}/label`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelBody {
+    pub true_alarm: bool,
+    /// Who labels; default: the operator the token belongs to.
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+/// Longest `by` of a label.
+pub const MAX_LABEL_BY: usize = 128;
+
+async fn label_alert(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let operator = operator(&state, &headers)?;
+    let Path(id) = id.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let id = AlertId::parse(&id).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
+    let body: LabelBody = json_body(body).await?;
+    let by = body.by.unwrap_or_else(|| operator.clone());
+    let by = by.trim().to_owned();
+    if by.is_empty() || by.len() > MAX_LABEL_BY || by.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("by must be 1 to {MAX_LABEL_BY} bytes without control characters"),
+        ));
+    }
+    let label = AlertLabel {
+        true_alarm: body.true_alarm,
+        by,
+        labelled_ns: protocol::Timestamp::now().as_nanos(),
+    };
+    let storage = state.storage.clone();
+    let key = id.clone();
+    let stored = blocking(move || storage.label_alert(&key, &label)).await?;
+    let Some(alert) = stored else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no alert {id}"),
+        ));
+    };
+    state.metrics.operator_label(body.true_alarm);
+    tracing::info!(alert = %id, device = %alert.device, true_alarm = body.true_alarm, operator = %operator, "Alert labelled.");
+    Ok(Json(AlertJson {
+        start: rfc3339(alert.start_ns),
+        end: rfc3339(alert.end_ns),
+        alert: &alert,
+    })
+    .into_response())
+}
+
+/// Body of `POST /v1/training/jobs`; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobBody {
+    /// `fleet` (default), a device, or the name of `devices` (a group).
+    pub scope: Option<String>,
+    pub devices: Option<Vec<String>>,
+    /// Inclusive bound: RFC 3339 or integer nanoseconds.
+    pub from: Option<String>,
+    /// Exclusive bound, same forms.
+    pub to: Option<String>,
+    /// `auto` (default; needs operator labels) or a family name.
+    pub family: Option<String>,
+    pub window: Option<usize>,
+    pub hop: Option<usize>,
+    pub stats: Option<Vec<String>>,
+    /// Frame period, e.g. `1s`; default `training.period`.
+    pub period: Option<String>,
+}
+
+async fn submit_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let operator = operator(&state, &headers)?;
+    let body: JobBody = json_body(body).await?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let from_ns = body
+        .from
+        .as_deref()
+        .map(parse_time)
+        .transpose()
+        .map_err(|e| bad(format!("from: {e}")))?;
+    let to_ns = body
+        .to
+        .as_deref()
+        .map(parse_time)
+        .transpose()
+        .map_err(|e| bad(format!("to: {e}")))?;
+    let period = body
+        .period
+        .as_deref()
+        .map(humantime::parse_duration)
+        .transpose()
+        .map_err(|e| bad(format!("period: {e}")))?;
+    let input = SpecInput {
+        scope: body.scope.as_deref().unwrap_or(crate::train::jobs::FLEET),
+        devices: body.devices.as_deref(),
+        from_ns,
+        to_ns,
+        family: body.family.as_deref(),
+        window: body.window,
+        hop: body.hop,
+        stats: body.stats.as_deref(),
+        period,
+    };
+    let spec = JobSpec::check(&input, state.jobs.settings().default_period).map_err(|p| {
+        bad(p
+            .iter()
+            .map(|(field, m)| format!("{field}: {m}"))
+            .collect::<Vec<_>>()
+            .join("; "))
+    })?;
+    let job = state
+        .jobs
+        .submit(spec, Trigger::Api { operator })
+        .map_err(|e| match e {
+            SubmitError::QueueFull { .. } | SubmitError::Closed => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+        })?;
+    let location = format!("/v1/training/jobs/{}", job.id);
+    let mut response = (StatusCode::ACCEPTED, Json(&job)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+#[derive(Serialize)]
+struct JobsResponse {
+    jobs: Vec<crate::train::jobs::JobView>,
+    count: usize,
+    queued: usize,
+    queue_capacity: usize,
+}
+
+async fn list_jobs(State(state): State<AppState>) -> Response {
+    let jobs = state.jobs.list();
+    Json(JobsResponse {
+        count: jobs.len(),
+        jobs,
+        queued: state.jobs.queued(),
+        queue_capacity: state.jobs.settings().queue_capacity,
+    })
+    .into_response()
+}
+
+async fn get_job(
+    State(state): State<AppState>,
+    id: Result<Path<u64>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let job = state.jobs.get(id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no training job {id} (finished jobs are kept up to training.keep_finished, and not across restarts)"),
+        )
+    })?;
+    Ok(Json(job).into_response())
+}
+
+/// Query parameters of `GET /v1/models`.
+#[derive(Debug, Deserialize)]
+pub struct ModelsParams {
+    pub scope: Option<String>,
+    pub limit: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ModelJson {
+    #[serde(flatten)]
+    version: crate::train::registry::ModelVersion,
+    created: String,
+}
+
+#[derive(Serialize)]
+struct ModelsResponse {
+    models: Vec<ModelJson>,
+    count: usize,
+}
+
+async fn models(
+    State(state): State<AppState>,
+    params: Result<Query<ModelsParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let limit = match params.limit.as_deref() {
+        None => DEFAULT_MODELS_LIMIT,
+        Some(s) => match s.trim().parse::<u32>() {
+            Ok(n) if (1..=MAX_MODELS_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("limit must be an integer from 1 to {MAX_MODELS_LIMIT}, got {s:?}"),
+                ));
+            }
+        },
+    };
+    let db = state.jobs.settings().db_path.clone();
+    let versions = tokio::task::spawn_blocking(move || {
+        Registry::open(&db)?.recent(params.scope.as_deref(), limit)
+    })
+    .await
+    .map_err(|e| ApiError::from(StorageError::Task(e.to_string())))?
+    .map_err(|e| {
+        warn!(error = %e, "Registry failed.");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("registry unavailable: {e}"),
+        )
+    })?;
+    let models: Vec<ModelJson> = versions
+        .into_iter()
+        .map(|v| ModelJson {
+            created: rfc3339(v.created_ns),
+            version: v,
+        })
+        .collect();
+    Ok(Json(ModelsResponse {
+        count: models.len(),
+        models,
+    })
+    .into_response())
+}
+
 /// Route label for metrics: one of the known routes, or `other` (bounded cardinality).
 fn route_label(path: &str) -> &'static str {
+    if path.starts_with("/v1/alerts/") && path.ends_with("/label") {
+        return "/v1/alerts/{id}/label";
+    }
+    if path.starts_with("/v1/training/jobs/") {
+        return "/v1/training/jobs/{id}";
+    }
     match path {
         "/v1/ingest" => "/v1/ingest",
         "/v1/readings" => "/v1/readings",
         "/v1/alerts" => "/v1/alerts",
+        "/v1/training/jobs" => "/v1/training/jobs",
+        "/v1/models" => "/v1/models",
         "/v1/quarantine" => "/v1/quarantine",
         "/v1/gateways" => "/v1/gateways",
         "/v1/stats" => "/v1/stats",
@@ -732,5 +1057,13 @@ mod tests {
     fn route_labels_are_bounded() {
         assert_eq!(route_label("/v1/ingest"), "/v1/ingest");
         assert_eq!(route_label("/anything/else"), "other");
+        assert_eq!(
+            route_label("/v1/training/jobs/17"),
+            "/v1/training/jobs/{id}"
+        );
+        assert_eq!(
+            route_label("/v1/alerts/gw:0:1/label"),
+            "/v1/alerts/{id}/label"
+        );
     }
 }

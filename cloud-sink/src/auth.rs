@@ -1,7 +1,9 @@
-//! Gateway bearer tokens.
+//! Gateway and operator bearer tokens.
 //!
 //! A token is 32 bytes from the OS-seeded CSPRNG, shown once as 64 hex digits.
-//! The sink stores only its SHA-256. A plain (unsalted, fast) hash is enough
+//! The sink stores only its SHA-256: gateway token hashes in the database,
+//! operator token hashes in the file `api.operator_tokens_file`
+//! ([`OperatorTokens`]). A plain (unsalted, fast) hash is enough
 //! here because tokens are high-entropy random values, not passwords: there is
 //! no dictionary to try, and 2^256 guesses are out of reach. Lookups are by
 //! hash, so comparing hashes in variable time leaks nothing about the token.
@@ -55,6 +57,71 @@ pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, AuthError> {
     Ok(token)
 }
 
+/// The operators allowed to call the API's mutating routes (training jobs,
+/// alert labels), loaded from `api.operator_tokens_file`.
+///
+/// The file holds one operator per line, `NAME SHA256-HEX` (the SHA-256 of
+/// the token, 64 hex digits, as `outpost-cloud-sink operator-token NAME`
+/// prints it); blank lines and lines starting with `#` are ignored. Names
+/// follow the gateway-name alphabet. The file holds no secret, only
+/// hashes. It is read at start; restart the sink to apply a change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OperatorTokens {
+    by_hash: std::collections::HashMap<TokenHash, String>,
+}
+
+impl OperatorTokens {
+    /// Parses the file's text; `Err` names the first bad line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut by_hash = std::collections::HashMap::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = |m: String| format!("line {}: {m}", i + 1);
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let &[name, hash] = fields.as_slice() else {
+                return Err(at("expected `NAME SHA256-HEX`".to_owned()));
+            };
+            check_gateway_name(name).map_err(|e| at(e.replace("gateway name", "name")))?;
+            let mut digest = [0u8; 32];
+            hex::decode_to_slice(hash, &mut digest)
+                .map_err(|_| at("the hash is not 64 hex digits".to_owned()))?;
+            if !names.insert(name.to_owned()) {
+                return Err(at(format!("operator {name:?} appears twice")));
+            }
+            if by_hash.insert(digest, name.to_owned()).is_some() {
+                return Err(at("this hash appears twice".to_owned()));
+            }
+        }
+        if by_hash.is_empty() {
+            return Err("no operator token in the file".to_owned());
+        }
+        Ok(OperatorTokens { by_hash })
+    }
+
+    /// Reads and parses the file.
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!("file not found: {}", path.display()),
+            _ => format!("cannot read {}: {e}", path.display()),
+        })?;
+        Self::parse(&text).map_err(|m| format!("{}: {m}", path.display()))
+    }
+
+    /// The operator a token belongs to.
+    pub fn operator(&self, token: &str) -> Option<&str> {
+        self.by_hash.get(&hash_token(token)).map(String::as_str)
+    }
+
+    /// The line for the tokens file of operator `name` with `token`.
+    pub fn line(name: &str, token: &str) -> String {
+        format!("{name} {}", hex::encode(hash_token(token)))
+    }
+}
+
 /// Longest gateway name accepted.
 pub const MAX_GATEWAY_NAME_LEN: usize = 128;
 
@@ -105,6 +172,40 @@ mod tests {
             bearer_token(Some(b"Bearer \xff")),
             Err(AuthError::Malformed)
         );
+    }
+
+    #[test]
+    fn operator_token_files_map_tokens_to_names_and_name_the_bad_line() {
+        let t = generate_token();
+        let text = format!(
+            "# operators\n\n{}\n{}\n",
+            OperatorTokens::line("ann", &t),
+            OperatorTokens::line("bob", "other")
+        );
+        let ops = OperatorTokens::parse(&text).unwrap();
+        assert_eq!(ops.operator(&t), Some("ann"));
+        assert_eq!(ops.operator("other"), Some("bob"));
+        assert_eq!(ops.operator("nope"), None);
+        let hash = hex::encode(hash_token("x"));
+        for (bad, needle) in [
+            ("", "no operator token"),
+            ("# only a comment", "no operator token"),
+            ("ann", "line 1: expected"),
+            (&format!("ann {hash} extra"), "line 1: expected"),
+            ("ann abc", "line 1: the hash"),
+            (&format!("a:b {hash}"), "line 1: name contains"),
+            (
+                &format!("ann {hash}\nann {}", hex::encode(hash_token("y"))),
+                "line 2: operator \"ann\" appears twice",
+            ),
+            (
+                &format!("ann {hash}\nbob {hash}"),
+                "line 2: this hash appears twice",
+            ),
+        ] {
+            let err = OperatorTokens::parse(bad).unwrap_err();
+            assert!(err.contains(needle), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -35,6 +35,108 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Access to the API's mutating routes.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// Training jobs in the sink and their schedule.
+    #[serde(default)]
+    pub training: TrainingConfig,
+}
+
+/// `[api]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Operators allowed to call the mutating routes (training jobs, alert
+    /// labels): one `NAME SHA256-HEX` line each (see
+    /// [`crate::auth::OperatorTokens`]; `outpost-cloud-sink operator-token
+    /// NAME` makes a token and its line). Read at start. Absent: those
+    /// routes answer 403.
+    #[serde(default)]
+    pub operator_tokens_file: Option<PathBuf>,
+}
+
+/// `[training]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingConfig {
+    /// Where models are written (`<scope>/<time>-job<id>` below it); created
+    /// when missing. Default: `models` next to the database.
+    #[serde(default)]
+    pub models_dir: Option<PathBuf>,
+    /// Most jobs waiting; one more is refused (HTTP 503), never queued.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Finished jobs kept in memory for the API, oldest evicted first.
+    #[serde(default = "default_keep_finished")]
+    pub keep_finished: usize,
+    /// Most readings one job reads (about 300 bytes of memory each while
+    /// loading); a larger range fails and asks for a narrower one.
+    #[serde(default = "default_max_readings")]
+    pub max_readings: u32,
+    /// Frame period readings are assembled with, unless a job names one.
+    #[serde(default = "default_training_period", with = "humantime_serde")]
+    pub period: Duration,
+    /// Champion/challenger: held-out F1 gain a new model needs to replace
+    /// the production one (as `train --margin`).
+    #[serde(default = "default_margin")]
+    pub margin: f64,
+    /// `[[training.schedule]]` entries.
+    #[serde(default)]
+    pub schedule: Vec<ScheduleConfig>,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        TrainingConfig {
+            models_dir: None,
+            queue_capacity: default_queue_capacity(),
+            keep_finished: default_keep_finished(),
+            max_readings: default_max_readings(),
+            period: default_training_period(),
+            margin: default_margin(),
+            schedule: Vec::new(),
+        }
+    }
+}
+
+/// `[[training.schedule]]`: train a scope when enough new data or labels
+/// arrived (see [`crate::train::jobs`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// `fleet`, a device, or the name of the `devices` list (a group).
+    pub scope: String,
+    /// The group's devices; absent: the fleet, or the device `scope`.
+    #[serde(default)]
+    pub devices: Option<Vec<String>>,
+    /// `auto` (needs operator labels) or a family name.
+    #[serde(default = "default_family")]
+    pub family: String,
+    /// How often to check for new data.
+    #[serde(default = "default_every", with = "humantime_serde")]
+    pub every: Duration,
+    /// Train when at least this many readings arrived in the scope since
+    /// its last job started (0: readings do not trigger).
+    #[serde(default)]
+    pub min_new_readings: u64,
+    /// Train when at least this many operator labels were given in the
+    /// scope since its last job started (0: labels do not trigger).
+    #[serde(default)]
+    pub min_new_labels: u64,
+    /// Train on this much history before the job; absent: all of it.
+    #[serde(default, with = "humantime_serde")]
+    pub lookback: Option<Duration>,
+    /// Window options; absent: `train`'s defaults (4, 1, mean,std,min,max,slope).
+    #[serde(default)]
+    pub window: Option<usize>,
+    #[serde(default)]
+    pub hop: Option<usize>,
+    #[serde(default)]
+    pub stats: Option<Vec<String>>,
+    /// Frame period; absent: `training.period`.
+    #[serde(default, with = "humantime_serde")]
+    pub period: Option<Duration>,
 }
 
 /// `[tls]`: both paths are required when the section is present.
@@ -158,6 +260,34 @@ fn default_max_records_per_batch() -> usize {
 fn default_log_level() -> String {
     "info".to_owned()
 }
+fn default_queue_capacity() -> usize {
+    4
+}
+fn default_keep_finished() -> usize {
+    100
+}
+fn default_max_readings() -> u32 {
+    1_000_000
+}
+fn default_training_period() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_margin() -> f64 {
+    0.01
+}
+fn default_family() -> String {
+    "auto".to_owned()
+}
+fn default_every() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// Bounds of `[training]`: beyond them a value is a typo, or holds memory
+/// or the database for no gain.
+const MAX_QUEUE_CAPACITY: usize = 1000;
+const MAX_KEEP_FINISHED: usize = 10_000;
+/// A schedule checked more often than this is a typo.
+const MIN_SCHEDULE_EVERY: Duration = Duration::from_millis(100);
 
 /// Hard ceilings: a body limit above this is almost certainly a typo
 /// (`8 GiB` for `8 MiB`) and would let one request exhaust memory.
@@ -271,6 +401,148 @@ impl Config {
             },
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
+            api: ApiConfig::default(),
+            training: TrainingConfig::default(),
+        }
+    }
+
+    /// Where training jobs write models: `training.models_dir`, else
+    /// `models` next to the database.
+    pub fn models_dir(&self) -> Option<PathBuf> {
+        if let Some(dir) = &self.training.models_dir {
+            return Some(dir.clone());
+        }
+        let db = self.storage.sqlite_path.as_ref()?;
+        let parent = match db.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        Some(parent.join("models"))
+    }
+
+    /// The checked `[[training.schedule]]` entries. Only meaningful on a
+    /// validated config (entries with problems are left out).
+    pub fn schedules(&self) -> Vec<crate::train::jobs::Schedule> {
+        self.training
+            .schedule
+            .iter()
+            .enumerate()
+            .filter_map(|(index, s)| {
+                let spec =
+                    crate::train::jobs::JobSpec::check(&schedule_input(s), self.training.period)
+                        .ok()?;
+                Some(crate::train::jobs::Schedule {
+                    index,
+                    spec,
+                    lookback: s.lookback,
+                    every: s.every,
+                    min_new_readings: s.min_new_readings,
+                    min_new_labels: s.min_new_labels,
+                })
+            })
+            .collect()
+    }
+
+    fn validate_training(&self, problems: &mut Vec<Problem>) {
+        if let Some(path) = &self.api.operator_tokens_file
+            && let Err(m) = crate::auth::OperatorTokens::load(path)
+        {
+            problems.push(Problem::new("api.operator_tokens_file", m));
+        }
+        let t = &self.training;
+        if let Some(dir) = &t.models_dir {
+            if dir.as_os_str().is_empty() {
+                problems.push(Problem::new("training.models_dir", "is empty"));
+            } else if dir.exists() && !dir.is_dir() {
+                problems.push(Problem::new(
+                    "training.models_dir",
+                    format!("is not a directory: {}", dir.display()),
+                ));
+            } else if let Some(parent) = dir.parent()
+                && !parent.as_os_str().is_empty()
+                && !parent.is_dir()
+            {
+                problems.push(Problem::new(
+                    "training.models_dir",
+                    format!("directory not found: {}", parent.display()),
+                ));
+            }
+        }
+        if !(1..=MAX_QUEUE_CAPACITY).contains(&t.queue_capacity) {
+            problems.push(Problem::new(
+                "training.queue_capacity",
+                format!("{}: must be 1 to {MAX_QUEUE_CAPACITY}", t.queue_capacity),
+            ));
+        }
+        if !(1..=MAX_KEEP_FINISHED).contains(&t.keep_finished) {
+            problems.push(Problem::new(
+                "training.keep_finished",
+                format!("{}: must be 1 to {MAX_KEEP_FINISHED}", t.keep_finished),
+            ));
+        }
+        if t.max_readings == 0 {
+            problems.push(Problem::new(
+                "training.max_readings",
+                "must be greater than 0",
+            ));
+        }
+        if t.period < Duration::from_millis(1) || t.period > Duration::from_secs(86_400) {
+            problems.push(Problem::new(
+                "training.period",
+                format!(
+                    "{}: must be 1 ms to 1 day",
+                    humantime::format_duration(t.period)
+                ),
+            ));
+        }
+        if !(t.margin.is_finite() && (0.0..=1.0).contains(&t.margin)) {
+            problems.push(Problem::new(
+                "training.margin",
+                format!("{}: must be 0 to 1 (an F1 difference)", t.margin),
+            ));
+        }
+        let mut scopes: std::collections::HashMap<&str, usize> = Default::default();
+        for (i, s) in t.schedule.iter().enumerate() {
+            let key = |field: &str| format!("training.schedule[{i}].{field}");
+            if let Err(fields) = crate::train::jobs::JobSpec::check(&schedule_input(s), t.period) {
+                for (field, message) in fields {
+                    problems.push(Problem {
+                        key: key(field),
+                        message,
+                    });
+                }
+            }
+            if let Some(first) = scopes.insert(s.scope.trim(), i) {
+                problems.push(Problem {
+                    key: key("scope"),
+                    message: format!(
+                        "scope {:?} is already scheduled by training.schedule[{first}]",
+                        s.scope
+                    ),
+                });
+            }
+            if s.every < MIN_SCHEDULE_EVERY {
+                problems.push(Problem {
+                    key: key("every"),
+                    message: format!(
+                        "{}: must be at least {}",
+                        humantime::format_duration(s.every),
+                        humantime::format_duration(MIN_SCHEDULE_EVERY)
+                    ),
+                });
+            }
+            if s.min_new_readings == 0 && s.min_new_labels == 0 {
+                problems.push(Problem {
+                    key: format!("training.schedule[{i}]"),
+                    message: "set min_new_readings or min_new_labels above 0: with neither the schedule never fires".to_owned(),
+                });
+            }
+            if s.lookback.is_some_and(|l| l.is_zero()) {
+                problems.push(Problem {
+                    key: key("lookback"),
+                    message: "must be greater than 0 (leave it out for all history)".to_owned(),
+                });
+            }
         }
     }
 
@@ -393,6 +665,7 @@ impl Config {
             ));
         }
 
+        self.validate_training(&mut problems);
         problems
     }
 
@@ -405,6 +678,20 @@ impl Config {
                 .unwrap_or(usize::MAX),
             max_records: self.limits.max_records_per_batch,
         }
+    }
+}
+
+fn schedule_input(s: &ScheduleConfig) -> crate::train::jobs::SpecInput<'_> {
+    crate::train::jobs::SpecInput {
+        scope: &s.scope,
+        devices: s.devices.as_deref(),
+        from_ns: None,
+        to_ns: None,
+        family: Some(&s.family),
+        window: s.window,
+        hop: s.hop,
+        stats: s.stats.as_deref(),
+        period: s.period,
     }
 }
 
@@ -571,9 +858,160 @@ mod tests {
     }
 
     #[test]
+    fn training_schedules_parse_with_defaults_and_resolve_their_scopes() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+            [storage]
+            sqlite_path = "{}"
+            [training]
+            queue_capacity = 2
+            [[training.schedule]]
+            scope = "fleet"
+            family = "gaussian"
+            every = "10m"
+            min_new_readings = 1000
+            [[training.schedule]]
+            scope = "pumps"
+            devices = ["pump-2", "pump-1"]
+            every = "30s"
+            min_new_labels = 5
+            lookback = "7d"
+            window = 8
+            stats = ["mean", "std"]
+            period = "500ms"
+            "#,
+            dir.path().join("sink.db").display()
+        );
+        let config = Config::from_toml(&text).unwrap();
+        assert!(config.validate().is_empty(), "{:?}", config.validate());
+        assert_eq!(config.models_dir(), Some(dir.path().join("models")));
+        let s = config.schedules();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].spec.devices, None);
+        assert_eq!(
+            s[0].spec.family,
+            Some(crate::train::families::FamilyKind::Gaussian)
+        );
+        assert_eq!((s[0].min_new_readings, s[0].min_new_labels), (1000, 0));
+        assert_eq!(s[0].spec.period, Duration::from_secs(1));
+        assert_eq!(
+            s[1].spec.devices,
+            Some(vec!["pump-1".to_owned(), "pump-2".to_owned()])
+        );
+        assert_eq!(s[1].spec.family, None, "auto by default");
+        assert_eq!(s[1].lookback, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!((s[1].spec.window, s[1].spec.stats.len()), (8, 2));
+        assert_eq!(s[1].spec.period, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_training_settings_and_schedules_are_reported_with_their_key_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+            [storage]
+            sqlite_path = "{}"
+            [api]
+            operator_tokens_file = "/nonexistent/operators"
+            [training]
+            queue_capacity = 0
+            margin = 2.0
+            [[training.schedule]]
+            scope = "fleet"
+            devices = ["a"]
+            family = "magic"
+            every = "10ms"
+            [[training.schedule]]
+            scope = "fleet"
+            min_new_readings = 10
+            window = 1
+            stats = ["median"]
+            lookback = "0s"
+            "#,
+            dir.path().join("sink.db").display()
+        );
+        let config = Config::from_toml(&text).unwrap();
+        let problems = config.validate();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "api.operator_tokens_file",
+                "training.queue_capacity",
+                "training.margin",
+                "training.schedule[0].devices",
+                "training.schedule[0].family",
+                "training.schedule[0].every",
+                "training.schedule[0]",
+                "training.schedule[1].window",
+                "training.schedule[1].stats",
+                "training.schedule[1].scope",
+                "training.schedule[1].lookback",
+            ],
+            "{problems:#?}"
+        );
+        assert!(
+            problems[0].message.contains("file not found"),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[9]
+                .message
+                .contains("already scheduled by training.schedule[0]")
+        );
+        assert!(config.schedules().is_empty());
+        // Unknown keys in a schedule entry are refused by the parser.
+        let err = Config::from_toml("[[training.schedule]]\nscope = \"fleet\"\nevery_x = 1\n")
+            .unwrap_err();
+        assert!(err.contains("every_x"), "{err}");
+    }
+
+    #[test]
+    fn an_operator_tokens_file_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("operators");
+        std::fs::write(&file, "ann not-a-hash\n").unwrap();
+        let mut config = Config::for_sqlite(dir.path().join("sink.db"));
+        config.api.operator_tokens_file = Some(file.clone());
+        let problems = config.validate();
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].message.contains("line 1"), "{}", problems[0]);
+        std::fs::write(
+            &file,
+            crate::auth::OperatorTokens::line("ann", "secret") + "\n",
+        )
+        .unwrap();
+        assert!(config.validate().is_empty());
+    }
+
+    #[test]
     fn the_example_config_parses() {
         let text = include_str!("../../configs/cloud-sink.toml");
         let config = Config::from_toml(text).unwrap();
         assert!(config.storage.sqlite_path.is_some());
+        assert_eq!(config.training, TrainingConfig::default());
+    }
+
+    #[test]
+    fn the_example_schedules_are_valid_once_uncommented() {
+        let text = include_str!("../../configs/cloud-sink.toml");
+        let at = text.find("# [[training.schedule]]").unwrap();
+        let (head, tail) = text.split_at(at);
+        let tail: Vec<&str> = tail
+            .lines()
+            .filter(|l| l.trim() != "#")
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect();
+        let config = Config::from_toml(&format!("{head}{}", tail.join("\n"))).unwrap();
+        assert_eq!(config.training.schedule.len(), 2);
+        let problems: Vec<Problem> = config
+            .validate()
+            .into_iter()
+            .filter(|p| p.key.starts_with("training"))
+            .collect();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(config.schedules().len(), 2);
     }
 }

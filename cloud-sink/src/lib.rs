@@ -3,11 +3,13 @@
 //!
 //! Module map:
 //! - [`config`] — the TOML config: typed fields, defaults, a validation pass that reports every problem.
-//! - [`auth`] — gateway bearer tokens: generation, hashing, `Authorization` header parsing.
+//! - [`auth`] — gateway and operator bearer tokens: generation, hashing, `Authorization` header parsing.
 //! - [`storage`] — the [`storage::Storage`] trait and its SQLite implementation ([`storage::sqlite`]).
 //! - [`metrics`] — the Prometheus registry and the sink's counters and histograms.
-//! - [`api`] — the axum router: ingest, query, gateways, stats, health, metrics.
-//! - [`server`] — binds the listener (HTTP or HTTPS), runs the router, shuts down gracefully.
+//! - [`api`] — the axum router: ingest, query, gateways, stats, health, metrics,
+//!   operator labels on alerts, training jobs, the model registry.
+//! - [`server`] — binds the listener (HTTP or HTTPS), runs the router and the
+//!   training worker and scheduler, shuts down gracefully.
 //! - [`admin`] — offline operations behind the CLI: provision and list gateways.
 //! - [`train`] — training and validation of anomaly models: datasets, preprocessing,
 //!   model families, cross-validation, metrics, thresholds, reports, registry.

@@ -45,6 +45,13 @@ enum Command {
         #[command(subcommand)]
         command: GatewayCommand,
     },
+    /// Make an operator token (for training jobs and alert labels): prints
+    /// ONLY the token on stdout, and on stderr the line to add to the file
+    /// named by `api.operator_tokens_file`.
+    OperatorToken {
+        /// Operator name: letters, digits, '.', '_', '-'.
+        name: String,
+    },
     /// Train an anomaly model from files: model.onnx, manifest, report.
     Train(Box<cloud_sink::train::cli::TrainArgs>),
     /// Metrics of a trained model on labelled files.
@@ -75,6 +82,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::OperatorToken { name } => report(operator_token(&name)),
         Command::Train(args) => report(cloud_sink::train::cli::train(*args)),
         Command::Evaluate(args) => report(cloud_sink::train::cli::evaluate(args)),
         Command::Score(args) => report(cloud_sink::train::cli::score(args)),
@@ -192,7 +200,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let sink = cloud_sink::spawn(config)
             .await
             .context("starting the sink")?;
@@ -203,7 +211,25 @@ fn serve(config: Config) -> anyhow::Result<()> {
         sink.shutdown().await.context("shutting down")?;
         info!("Stopped.");
         Ok(())
-    })
+    });
+    // A training job still on a blocking thread cannot be interrupted; do
+    // not wait for it (it has registered nothing unless it had reached that
+    // stage, and its state was only in memory).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+fn operator_token(name: &str) -> anyhow::Result<()> {
+    cloud_sink::auth::check_gateway_name(name)
+        .map_err(|e| anyhow::anyhow!(e.replace("gateway name", "operator name")))?;
+    let token = cloud_sink::auth::generate_token();
+    // stdout carries the token alone; people read stderr.
+    println!("{token}");
+    eprintln!(
+        "Add this line to the file named by api.operator_tokens_file and restart the sink; the token above is not stored anywhere:\n{}",
+        cloud_sink::auth::OperatorTokens::line(name, &token)
+    );
+    Ok(())
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

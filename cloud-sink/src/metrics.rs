@@ -6,6 +6,10 @@
 //! - `outpost_sink_seq_conflicts_total` — readings stored although a gateway reused their sequence number (a gateway bug; an alarm).
 //! - `outpost_sink_ingest_seconds` — time from request to commit, accepted batches only.
 //! - `outpost_sink_http_requests_total{path,status}` — every HTTP response.
+//! - `outpost_sink_training_jobs_total{outcome}` — training jobs `accepted`,
+//!   `refused` (queue full), `succeeded`, `failed`.
+//! - `outpost_sink_operator_labels_total{verdict}` — operator labels on
+//!   alerts, `true_alarm` or `false_alarm`.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -54,6 +58,8 @@ pub struct Metrics {
     seq_conflicts: Counter,
     ingest_seconds: Histogram,
     http_requests: Family<PathStatus, Counter>,
+    training_jobs: Family<OneLabel, Counter>,
+    operator_labels: Family<OneLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -102,7 +108,21 @@ impl Metrics {
             "HTTP responses by route and status",
             http_requests.clone(),
         );
+        let training_jobs = Family::<OneLabel, Counter>::default();
+        registry.register(
+            "outpost_sink_training_jobs",
+            "Training jobs by outcome (accepted, refused, succeeded, failed)",
+            training_jobs.clone(),
+        );
+        let operator_labels = Family::<OneLabel, Counter>::default();
+        registry.register(
+            "outpost_sink_operator_labels",
+            "Operator labels on alerts by verdict",
+            operator_labels.clone(),
+        );
         Metrics {
+            training_jobs,
+            operator_labels,
             registry,
             batches,
             readings_stored,
@@ -132,6 +152,24 @@ impl Metrics {
             .inc();
     }
 
+    /// A training job `accepted`, `refused`, `succeeded` or `failed`.
+    pub fn training_job(&self, outcome: &'static str) {
+        self.training_jobs
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
+    }
+
+    pub fn operator_label(&self, true_alarm: bool) {
+        let verdict = if true_alarm {
+            "true_alarm"
+        } else {
+            "false_alarm"
+        };
+        self.operator_labels
+            .get_or_create(&[("verdict", verdict)])
+            .inc();
+    }
+
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
@@ -150,6 +188,8 @@ mod tests {
         m.batch(BatchOutcome::Stored);
         m.stored(3, 1, 0, 0.01);
         m.http_response("/v1/ingest", 200);
+        m.training_job("succeeded");
+        m.operator_label(false);
         let text = m.render().unwrap();
         for needle in [
             "outpost_sink_batches_total{outcome=\"stored\"} 1",
@@ -157,6 +197,8 @@ mod tests {
             "outpost_sink_readings_duplicate_total 1",
             "outpost_sink_ingest_seconds_count 1",
             "outpost_sink_http_requests_total{path=\"/v1/ingest\",status=\"200\"} 1",
+            "outpost_sink_training_jobs_total{outcome=\"succeeded\"} 1",
+            "outpost_sink_operator_labels_total{verdict=\"false_alarm\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

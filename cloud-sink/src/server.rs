@@ -3,6 +3,9 @@
 //! [`spawn`] does everything that can fail (validate the config, open storage,
 //! load TLS, bind) before it returns, so a caller knows the sink is serving
 //! when it gets a [`RunningSink`]. Integration tests use it with `127.0.0.1:0`.
+//! It also starts the training worker and one scheduler task per
+//! `[[training.schedule]]` entry ([`crate::train::jobs`]); shutting down
+//! stops them (a job in its training stage is abandoned at the next stage).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,10 +19,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::api::AppState;
+use crate::auth::OperatorTokens;
 use crate::config::{Config, Problem};
 use crate::metrics::Metrics;
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::{Storage, StorageError};
+use crate::train::jobs::{Jobs, Settings};
 
 /// Why the sink could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +56,9 @@ pub struct RunningSink {
     grace: Duration,
     handle: Handle<SocketAddr>,
     task: JoinHandle<std::io::Result<()>>,
+    jobs: Arc<Jobs>,
+    /// The training worker and the scheduler tasks.
+    training: Vec<JoinHandle<()>>,
 }
 
 impl RunningSink {
@@ -80,6 +89,10 @@ impl RunningSink {
     /// [`RunningSink::shutdown`] with an explicit grace period.
     pub async fn shutdown_within(self, grace: Duration) -> Result<(), SinkError> {
         self.handle.graceful_shutdown(Some(grace));
+        self.jobs.close();
+        for task in &self.training {
+            task.abort();
+        }
         match self.task.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(SinkError::Serve(e)),
@@ -136,8 +149,47 @@ pub async fn spawn_with_storage(
         source,
     })?;
 
+    let operators = config
+        .api
+        .operator_tokens_file
+        .as_deref()
+        .map(OperatorTokens::load)
+        .transpose()
+        .map_err(|message| {
+            SinkError::Config(vec![Problem {
+                key: "api.operator_tokens_file".to_owned(),
+                message,
+            }])
+        })?;
+    let (Some(db_path), Some(models_dir)) =
+        (config.storage.sqlite_path.clone(), config.models_dir())
+    else {
+        return Err(SinkError::Config(vec![Problem {
+            key: "storage.sqlite_path".to_owned(),
+            message: "missing (the model registry lives in it)".to_owned(),
+        }]));
+    };
     let metrics = Arc::new(Metrics::new());
-    let app = crate::api::router(storage, metrics, config.batch_limits());
+    let jobs = Jobs::new(
+        storage.clone(),
+        metrics.clone(),
+        Settings {
+            db_path,
+            models_dir,
+            queue_capacity: config.training.queue_capacity,
+            keep_finished: config.training.keep_finished,
+            max_readings: config.training.max_readings,
+            default_period: config.training.period,
+            margin: config.training.margin,
+        },
+    );
+    let app = crate::api::router(AppState::new(
+        storage,
+        metrics,
+        config.batch_limits(),
+        jobs.clone(),
+        operators,
+    ));
     let handle: Handle<SocketAddr> = Handle::new();
     let is_tls = tls.is_some();
     let bind_err = |source| SinkError::Bind {
@@ -155,6 +207,8 @@ pub async fn spawn_with_storage(
             tokio::spawn(server.handle(handle.clone()).serve(app.into_make_service()))
         }
     };
+    let mut training = vec![jobs.spawn_worker()];
+    training.extend(jobs.spawn_scheduler(config.schedules()));
     info!(address = %local_addr, tls = is_tls, "Serving.");
     Ok(RunningSink {
         local_addr,
@@ -162,6 +216,8 @@ pub async fn spawn_with_storage(
         grace: config.shutdown_grace,
         handle,
         task,
+        jobs,
+        training,
     })
 }
 

@@ -273,3 +273,74 @@ fn planted_off_manifold_shifts_score_far_above_normal_heldout_rows() {
     println!("pooled ROC-AUC (fine-tuned models): {pooled:.4}");
     assert!(pooled >= 0.95, "pooled AUC {pooled}");
 }
+
+/// `train --family autoencoder` from the command line: the `--ae-*` flags and
+/// `--seed` reach the model (and the report), the same seed gives the same
+/// weights, another seed other weights, and a bad value is refused by name.
+#[test]
+fn the_command_line_sets_the_autoencoders_hyper_parameters_and_seed() {
+    const BIN: &str = env!("CARGO_BIN_EXE_outpost-cloud-sink");
+    let dir = tempfile::tempdir().unwrap();
+    let input = pumps_csv(dir.path(), 200);
+    let train = |out: &str, extra: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(["train", "--family", "autoencoder", "--time-column", "time"])
+            .arg("--input")
+            .arg(&input)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .args(["--no-export", "--ae-hidden", "2", "--ae-epochs", "3"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let model =
+        |out: &str| std::fs::read_to_string(dir.path().join(out).join("model.json")).unwrap();
+
+    for (out, seed) in [("a", "5"), ("b", "5"), ("c", "6")] {
+        let o = train(out, &["--seed", seed, "--ae-batch-size", "16"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("a/report.json")).unwrap())
+            .unwrap();
+    let hp = &report["hyper_params"];
+    assert_eq!(hp["ae_hidden"], 2, "{hp}");
+    assert_eq!(hp["ae_epochs"], 3, "{hp}");
+    assert_eq!(hp["ae_batch_size"], 16, "{hp}");
+    assert_eq!(hp["seed"], 5, "{hp}");
+    let saved: serde_json::Value = serde_json::from_str(&model("a")).unwrap();
+    let epochs = find_key(&saved, "training")
+        .and_then(|t| t["epochs"].as_u64())
+        .expect("model.json holds the training summary");
+    assert!(
+        (1..=3).contains(&epochs),
+        "ran {epochs} epochs with --ae-epochs 3"
+    );
+    assert_eq!(
+        model("a"),
+        model("b"),
+        "the same seed must give the same model"
+    );
+    assert_ne!(
+        model("a"),
+        model("c"),
+        "another seed must give other weights"
+    );
+
+    let bad = train("d", &["--ae-batch-size", "0"]);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("ae_batch_size"), "{stderr}");
+}
+
+/// The first value under `key`, searching depth first.
+fn find_key<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => m
+            .get(key)
+            .or_else(|| m.values().find_map(|c| find_key(c, key))),
+        serde_json::Value::Array(a) => a.iter().find_map(|c| find_key(c, key)),
+        _ => None,
+    }
+}

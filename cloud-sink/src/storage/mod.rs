@@ -78,9 +78,74 @@ pub struct QuarantineQuery {
     pub limit: u32,
 }
 
+/// An alert's identity in the API: `{gateway}:{outbox_epoch}:{seq}` (the
+/// key it is stored under; gateway names cannot contain `:`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AlertId {
+    pub gateway: String,
+    pub outbox_epoch: u64,
+    pub seq: u64,
+}
+
+impl AlertId {
+    /// Parses `{gateway}:{outbox_epoch}:{seq}` (both numbers decimal).
+    pub fn parse(s: &str) -> Result<AlertId, String> {
+        let bad = || format!("alert id {s:?} is not `gateway:epoch:seq`");
+        let mut parts = s.rsplitn(3, ':');
+        let seq = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        let outbox_epoch = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        let gateway = parts.next().ok_or_else(bad)?;
+        crate::auth::check_gateway_name(gateway).map_err(|e| format!("{}: {e}", bad()))?;
+        Ok(AlertId {
+            gateway: gateway.to_owned(),
+            outbox_epoch,
+            seq,
+        })
+    }
+}
+
+impl std::fmt::Display for AlertId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.gateway, self.outbox_epoch, self.seq)
+    }
+}
+
+/// An operator's verdict on an alert: a true alarm or a false one. The
+/// latest verdict per alert is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AlertLabel {
+    pub true_alarm: bool,
+    /// Who said so (free text, bounded).
+    pub by: String,
+    /// When, nanoseconds since the Unix epoch (the sink's clock).
+    pub labelled_ns: i64,
+}
+
+/// An alert's span and its operator label, for labelling training data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertSpan {
+    pub device: String,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    /// `None`: no operator has reviewed it.
+    pub true_alarm: Option<bool>,
+}
+
+/// What arrived in a set of devices since a point in time, each count
+/// capped (see [`Storage::new_activity`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Readings stored (by the sink's receive time).
+    pub readings: u64,
+    /// Operator labels given or changed.
+    pub labels: u64,
+}
+
 /// One stored alert, as the query API returns it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StoredAlert {
+    /// `{gateway}:{outbox_epoch}:{seq}`, for `POST /v1/alerts/{id}/label`.
+    pub id: String,
     pub gateway: String,
     pub device: String,
     /// The anomalous span, nanoseconds since the Unix epoch.
@@ -96,6 +161,8 @@ pub struct StoredAlert {
     pub raised_ns: i64,
     /// The gateway's outbox sequence number.
     pub seq: u64,
+    /// The operator label, if any.
+    pub label: Option<AlertLabel>,
 }
 
 /// Filter for [`Storage::query_alerts`] (on the alert's start; `from`
@@ -169,8 +236,34 @@ pub trait Storage: Send + Sync + 'static {
     fn ingest(&self, gateway: &str, batch: &UplinkBatch) -> Result<IngestOutcome, StorageError>;
     /// Readings matching `query`, ordered by time, then device, then channel.
     fn query_readings(&self, query: &ReadingQuery) -> Result<Vec<StoredReading>, StorageError>;
-    /// Alerts matching `query`, ordered by start time, then device.
+    /// Alerts matching `query`, ordered by start time, then device, each
+    /// with its operator label.
     fn query_alerts(&self, query: &AlertQuery) -> Result<Vec<StoredAlert>, StorageError>;
+    /// Records (or replaces) an operator's label on an alert, durably.
+    /// `Ok(None)`: no such alert. Returns the alert with its new label.
+    fn label_alert(
+        &self,
+        id: &AlertId,
+        label: &AlertLabel,
+    ) -> Result<Option<StoredAlert>, StorageError>;
+    /// The alerts of `devices` (every device when `None`) whose span
+    /// overlaps `[from_ns, to_ns)`, with their labels; at most `limit`.
+    fn alert_spans(
+        &self,
+        devices: Option<&[String]>,
+        from_ns: Option<i64>,
+        to_ns: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AlertSpan>, StorageError>;
+    /// Readings received and labels given at or after `since_ns` (sink
+    /// clock) for `devices` (every device when `None`). Each count stops at
+    /// `cap`, so the cost is bounded by `cap` rows, not by the table.
+    fn new_activity(
+        &self,
+        devices: Option<&[String]>,
+        since_ns: i64,
+        cap: u64,
+    ) -> Result<Activity, StorageError>;
     /// Quarantine reports matching `query`, newest (by receive time) first.
     fn query_quarantine(
         &self,

@@ -21,17 +21,23 @@ use protocol::{Reading, Timestamp, UplinkBatch};
 use rusqlite::{Connection, OptionalExtension, ToSql, TransactionBehavior, params};
 
 use super::{
-    AlertQuery, GatewayStats, IngestOutcome, QuarantineQuery, ReadingQuery, Storage, StorageError,
-    StoredAlert, StoredQuarantine, StoredReading, Totals,
+    Activity, AlertId, AlertLabel, AlertQuery, AlertSpan, GatewayStats, IngestOutcome,
+    QuarantineQuery, ReadingQuery, Storage, StorageError, StoredAlert, StoredQuarantine,
+    StoredReading, Totals,
 };
 use crate::auth::TokenHash;
 
 /// The schema version this code creates and reads (`PRAGMA user_version`).
 /// 2 added the `alerts` and `quarantine` tables (created on open of a
-/// version-1 database).
-const SCHEMA_VERSION: i64 = 2;
+/// version-1 database). 3 added the `alert_labels` table (operator verdicts)
+/// and the `readings_received` index (what arrived since when, for the
+/// training scheduler); opening a version-2 database builds the index once.
+const SCHEMA_VERSION: i64 = 3;
 
-const SCHEMA: &str = "
+/// The schema of versions 1 and 2. Never edit it: a later version adds its
+/// own statements ([`SCHEMA_V3`]), and the migration tests build a
+/// version-2 database from this text.
+const SCHEMA_V2: &str = "
 CREATE TABLE IF NOT EXISTS gateways (
     name            TEXT PRIMARY KEY NOT NULL,
     token_sha256    BLOB NOT NULL UNIQUE,
@@ -88,6 +94,74 @@ CREATE TABLE IF NOT EXISTS quarantine (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS quarantine_received ON quarantine (received_ns);
 ";
+
+/// Added by version 3. `alert_labels` is keyed like `alerts`; only the
+/// latest verdict per alert is kept. The `readings_received` index lets
+/// "readings received since T" count only the new rows (it covers `device`
+/// too: a WITHOUT ROWID table's index holds the primary key).
+const SCHEMA_V3: &str = "
+CREATE TABLE IF NOT EXISTS alert_labels (
+    gateway      TEXT NOT NULL,
+    outbox_epoch INTEGER NOT NULL,
+    seq          INTEGER NOT NULL,
+    true_alarm   INTEGER NOT NULL CHECK (true_alarm IN (0, 1)),
+    labelled_by  TEXT NOT NULL,
+    labelled_ns  INTEGER NOT NULL,
+    PRIMARY KEY (gateway, outbox_epoch, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS alert_labels_time ON alert_labels (labelled_ns);
+CREATE INDEX IF NOT EXISTS readings_received ON readings (received_ns);
+";
+
+/// Columns of an alert row joined with its label (see [`alert_from_row`]).
+const ALERT_COLUMNS: &str = "a.gateway, a.device, a.start_ns, a.end_ns, a.score, a.threshold,
+    a.model, a.model_version, a.channels, a.raised_ns, a.seq, a.outbox_epoch,
+    l.true_alarm, l.labelled_by, l.labelled_ns
+  FROM alerts a LEFT JOIN alert_labels l
+    ON l.gateway = a.gateway AND l.outbox_epoch = a.outbox_epoch AND l.seq = a.seq";
+
+fn alert_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredAlert> {
+    let gateway: String = row.get(0)?;
+    let channels: String = row.get(8)?;
+    let seq = sql_to_u64(row.get(10)?);
+    let epoch = sql_to_u64(row.get(11)?);
+    let label = match row.get::<_, Option<bool>>(12)? {
+        Some(true_alarm) => Some(AlertLabel {
+            true_alarm,
+            by: row.get(13)?,
+            labelled_ns: row.get(14)?,
+        }),
+        None => None,
+    };
+    Ok(StoredAlert {
+        id: AlertId {
+            gateway: gateway.clone(),
+            outbox_epoch: epoch,
+            seq,
+        }
+        .to_string(),
+        gateway,
+        device: row.get(1)?,
+        start_ns: row.get(2)?,
+        end_ns: row.get(3)?,
+        score: row.get(4)?,
+        threshold: row.get(5)?,
+        model: row.get(6)?,
+        model_version: sql_to_u64(row.get(7)?),
+        // Written by this program from a typed list; unreadable only
+        // if edited by hand, and then shown empty rather than failing.
+        channels: serde_json::from_str(&channels).unwrap_or_default(),
+        raised_ns: row.get(9)?,
+        seq,
+        label,
+    })
+}
+
+/// A device list as the JSON array the queries read with `json_each`
+/// (`None`: every device).
+fn devices_json(devices: Option<&[String]>) -> Option<String> {
+    devices.map(|d| serde_json::Value::from(d.to_vec()).to_string())
+}
 
 /// SQLite INTEGER is i64; sequence numbers are u64. Store the bit pattern so
 /// every u64 round-trips and stays unique.
@@ -180,7 +254,9 @@ fn migrate(conn: &Connection) -> Result<(), StorageError> {
             supported: SCHEMA_VERSION,
         });
     }
-    conn.execute_batch(SCHEMA)?;
+    // Every statement is idempotent (IF NOT EXISTS), so running all of them
+    // migrates any older version; one transaction makes it all or nothing.
+    conn.execute_batch(&format!("BEGIN; {SCHEMA_V2} {SCHEMA_V3} COMMIT;"))?;
     if version < SCHEMA_VERSION {
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
@@ -356,35 +432,125 @@ impl Storage for SqliteStorage {
 
     fn query_alerts(&self, q: &AlertQuery) -> Result<Vec<StoredAlert>, StorageError> {
         let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {ALERT_COLUMNS}
+              WHERE (?1 IS NULL OR a.device = ?1)
+                AND (?2 IS NULL OR a.start_ns >= ?2)
+                AND (?3 IS NULL OR a.start_ns < ?3)
+              ORDER BY a.start_ns, a.device
+              LIMIT ?4"
+        ))?;
+        let rows = stmt.query_map(
+            params![q.device, q.from_ns, q.to_ns, q.limit],
+            alert_from_row,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn label_alert(
+        &self,
+        id: &AlertId,
+        label: &AlertLabel,
+    ) -> Result<Option<StoredAlert>, StorageError> {
+        let key = params![id.gateway, u64_to_sql(id.outbox_epoch), u64_to_sql(id.seq)];
+        let mut conn = self.writer();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let alert = {
+            let mut select = tx.prepare_cached(&format!(
+                "SELECT {ALERT_COLUMNS} WHERE a.gateway = ?1 AND a.outbox_epoch = ?2 AND a.seq = ?3"
+            ))?;
+            let Some(mut alert) = select.query_row(key, alert_from_row).optional()? else {
+                return Ok(None);
+            };
+            tx.execute(
+                "INSERT INTO alert_labels (gateway, outbox_epoch, seq, true_alarm, labelled_by, labelled_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (gateway, outbox_epoch, seq) DO UPDATE SET
+                   true_alarm = excluded.true_alarm,
+                   labelled_by = excluded.labelled_by,
+                   labelled_ns = excluded.labelled_ns",
+                params![
+                    id.gateway,
+                    u64_to_sql(id.outbox_epoch),
+                    u64_to_sql(id.seq),
+                    label.true_alarm,
+                    label.by,
+                    label.labelled_ns
+                ],
+            )?;
+            alert.label = Some(label.clone());
+            alert
+        };
+        tx.commit()?;
+        Ok(Some(alert))
+    }
+
+    fn alert_spans(
+        &self,
+        devices: Option<&[String]>,
+        from_ns: Option<i64>,
+        to_ns: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AlertSpan>, StorageError> {
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(
-            "SELECT gateway, device, start_ns, end_ns, score, threshold, model, model_version,
-                    channels, raised_ns, seq
-               FROM alerts
-              WHERE (?1 IS NULL OR device = ?1)
-                AND (?2 IS NULL OR start_ns >= ?2)
-                AND (?3 IS NULL OR start_ns < ?3)
-              ORDER BY start_ns, device
+            "SELECT a.device, a.start_ns, a.end_ns, l.true_alarm
+               FROM alerts a LEFT JOIN alert_labels l
+                 ON l.gateway = a.gateway AND l.outbox_epoch = a.outbox_epoch AND l.seq = a.seq
+              WHERE (?1 IS NULL OR a.device IN (SELECT value FROM json_each(?1)))
+                AND (?2 IS NULL OR a.end_ns >= ?2)
+                AND (?3 IS NULL OR a.start_ns < ?3)
+              ORDER BY a.device, a.start_ns
               LIMIT ?4",
         )?;
-        let rows = stmt.query_map(params![q.device, q.from_ns, q.to_ns, q.limit], |row| {
-            let channels: String = row.get(8)?;
-            Ok(StoredAlert {
-                gateway: row.get(0)?,
-                device: row.get(1)?,
-                start_ns: row.get(2)?,
-                end_ns: row.get(3)?,
-                score: row.get(4)?,
-                threshold: row.get(5)?,
-                model: row.get(6)?,
-                model_version: sql_to_u64(row.get(7)?),
-                // Written by this program from a typed list; unreadable only
-                // if edited by hand, and then shown empty rather than failing.
-                channels: serde_json::from_str(&channels).unwrap_or_default(),
-                raised_ns: row.get(9)?,
-                seq: sql_to_u64(row.get(10)?),
-            })
-        })?;
+        let rows = stmt.query_map(
+            params![devices_json(devices), from_ns, to_ns, limit],
+            |row| {
+                Ok(AlertSpan {
+                    device: row.get(0)?,
+                    start_ns: row.get(1)?,
+                    end_ns: row.get(2)?,
+                    true_alarm: row.get(3)?,
+                })
+            },
+        )?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn new_activity(
+        &self,
+        devices: Option<&[String]>,
+        since_ns: i64,
+        cap: u64,
+    ) -> Result<Activity, StorageError> {
+        let conn = self.reader();
+        let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+        let devices = devices_json(devices);
+        // The inner LIMIT bounds the rows visited; `readings_received` and
+        // `alert_labels_time` make those rows the new ones only.
+        let readings: i64 = conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM (
+                   SELECT 1 FROM readings INDEXED BY readings_received
+                    WHERE received_ns >= ?1
+                      AND (?2 IS NULL OR device IN (SELECT value FROM json_each(?2)))
+                    LIMIT ?3)",
+            )?
+            .query_row(params![since_ns, devices, cap], |row| row.get(0))?;
+        let labels: i64 = conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM (
+                   SELECT 1 FROM alert_labels l JOIN alerts a
+                     ON a.gateway = l.gateway AND a.outbox_epoch = l.outbox_epoch AND a.seq = l.seq
+                    WHERE l.labelled_ns >= ?1
+                      AND (?2 IS NULL OR a.device IN (SELECT value FROM json_each(?2)))
+                    LIMIT ?3)",
+            )?
+            .query_row(params![since_ns, devices, cap], |row| row.get(0))?;
+        Ok(Activity {
+            readings: count(readings),
+            labels: count(labels),
+        })
     }
 
     fn query_quarantine(&self, q: &QuarantineQuery) -> Result<Vec<StoredQuarantine>, StorageError> {
@@ -737,6 +903,277 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    fn alert_record(seq: u64, device: &str, start_s: i64) -> OutboxRecord {
+        OutboxRecord {
+            seq,
+            item: OutboxItem::Alert(protocol::alert::Alert {
+                device: device.into(),
+                start: Timestamp(start_s * 1_000_000_000),
+                end: Timestamp((start_s + 30) * 1_000_000_000),
+                score: 12.5,
+                threshold: 8.0,
+                model: "fallback".into(),
+                model_version: 0,
+                channels: Vec::new(),
+                raised: Timestamp(1),
+            }),
+        }
+    }
+
+    fn label(true_alarm: bool, by: &str, at: i64) -> AlertLabel {
+        AlertLabel {
+            true_alarm,
+            by: by.into(),
+            labelled_ns: at,
+        }
+    }
+
+    #[test]
+    fn operator_labels_are_stored_replaced_shown_with_alerts_and_counted_per_device() {
+        let (_dir, storage) = open();
+        let b = UplinkBatch::new(
+            "gw",
+            vec![
+                alert_record(1, "pump-1", 100),
+                alert_record(2, "pump-2", 200),
+            ],
+        )
+        .unwrap();
+        storage.ingest("gw", &b).unwrap();
+        let alerts = storage
+            .query_alerts(&AlertQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(alerts[0].id, "gw:0:1");
+        assert_eq!(alerts[0].label, None);
+
+        let ghost = AlertId::parse("gw:0:99").unwrap();
+        assert_eq!(
+            storage.label_alert(&ghost, &label(true, "ann", 5)).unwrap(),
+            None
+        );
+        let id = AlertId::parse(&alerts[0].id).unwrap();
+        let labelled = storage
+            .label_alert(&id, &label(true, "ann", 10))
+            .unwrap()
+            .unwrap();
+        assert_eq!(labelled.label, Some(label(true, "ann", 10)));
+        // A second verdict replaces the first.
+        storage
+            .label_alert(&id, &label(false, "bob", 20))
+            .unwrap()
+            .unwrap();
+        let alerts = storage
+            .query_alerts(&AlertQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(alerts[0].label, Some(label(false, "bob", 20)));
+        assert_eq!(alerts[1].label, None);
+
+        let spans = storage.alert_spans(None, None, None, 10).unwrap();
+        assert_eq!(
+            spans
+                .iter()
+                .map(|s| (s.device.as_str(), s.true_alarm))
+                .collect::<Vec<_>>(),
+            [("pump-1", Some(false)), ("pump-2", None)]
+        );
+        let only = ["pump-2".to_owned()];
+        assert_eq!(
+            storage
+                .alert_spans(Some(&only), None, None, 10)
+                .unwrap()
+                .len(),
+            1
+        );
+        // Overlap with [from, to): pump-1's alert spans 100..130 s.
+        let s = 1_000_000_000;
+        assert_eq!(
+            storage
+                .alert_spans(None, Some(130 * s), Some(150 * s), 10)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            storage
+                .alert_spans(None, Some(131 * s), Some(150 * s), 10)
+                .unwrap()
+                .is_empty()
+        );
+
+        let pump1 = ["pump-1".to_owned()];
+        assert_eq!(storage.new_activity(None, 20, 100).unwrap().labels, 1);
+        assert_eq!(storage.new_activity(None, 21, 100).unwrap().labels, 0);
+        assert_eq!(storage.new_activity(Some(&only), 0, 100).unwrap().labels, 0);
+        assert_eq!(
+            storage.new_activity(Some(&pump1), 0, 100).unwrap().labels,
+            1
+        );
+    }
+
+    #[test]
+    fn new_readings_are_counted_by_receive_time_device_and_cap() {
+        let (_dir, storage) = open();
+        let before = Timestamp::now().as_nanos();
+        storage.ingest("gw", &batch("gw", 1..=10, 0)).unwrap();
+        let dev = ["dev-1".to_owned()];
+        let other = ["dev-2".to_owned()];
+        assert_eq!(
+            storage.new_activity(None, before, 100).unwrap().readings,
+            10
+        );
+        assert_eq!(storage.new_activity(None, before, 4).unwrap().readings, 4);
+        assert_eq!(
+            storage
+                .new_activity(Some(&dev), before, 100)
+                .unwrap()
+                .readings,
+            10
+        );
+        assert_eq!(
+            storage
+                .new_activity(Some(&other), before, 100)
+                .unwrap()
+                .readings,
+            0
+        );
+        let after = Timestamp::now().as_nanos() + 1;
+        assert_eq!(
+            storage.new_activity(None, after, 100).unwrap(),
+            Activity::default()
+        );
+    }
+
+    #[test]
+    fn alert_ids_round_trip_and_malformed_ids_are_refused() {
+        let id = AlertId::parse("gw-1:18446744073709551615:7").unwrap();
+        assert_eq!(id.outbox_epoch, u64::MAX);
+        assert_eq!(id.to_string(), "gw-1:18446744073709551615:7");
+        for bad in [
+            "", "gw", "gw:1", "gw:x:1", "gw:1:-1", ":1:2", "g w:1:2", "a:b:1:2",
+        ] {
+            assert!(AlertId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Builds a version-2 database the way version 2 of this program left it.
+    fn version_2_database(path: &Path) {
+        let conn = Connection::open(path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch(SCHEMA_V2).unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.execute(
+            "INSERT INTO gateways (name, token_sha256, created_ns) VALUES ('gw', ?1, 1)",
+            params![hash_token("t").as_slice()],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO readings (device, channel, ts_ns, value, unit, sensor_seq, quality,
+               gateway, outbox_epoch, seq, received_ns)
+             VALUES ('dev-1', 'temp', 5, 1.5, NULL, NULL, 0, 'gw', 0, 1, 1000)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO alerts (gateway, outbox_epoch, seq, device, start_ns, end_ns, score,
+               threshold, model, model_version, channels, raised_ns, received_ns)
+             VALUES ('gw', 0, 2, 'dev-1', 3, 9, 10.0, 8.0, 'fallback', 0, '[]', 9, 1000)",
+            [],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_version_2_database_is_migrated_to_version_3_with_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sink.db");
+        version_2_database(&path);
+        let storage = SqliteStorage::open(&path, Duration::from_secs(1)).unwrap();
+        {
+            let conn = storage.reader();
+            let version: i64 = conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, 3);
+            let objects: Vec<String> = conn
+                .prepare("SELECT name FROM sqlite_master WHERE name IN ('alert_labels', 'readings_received', 'alert_labels_time') ORDER BY name")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(
+                objects,
+                ["alert_labels", "alert_labels_time", "readings_received"]
+            );
+        }
+        // The old data is all there and usable with the new features.
+        assert_eq!(
+            storage
+                .query_readings(&ReadingQuery {
+                    limit: 10,
+                    ..Default::default()
+                })
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(storage.new_activity(None, 1000, 10).unwrap().readings, 1);
+        assert_eq!(storage.new_activity(None, 1001, 10).unwrap().readings, 0);
+        let alerts = storage
+            .query_alerts(&AlertQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            (alerts[0].id.as_str(), alerts[0].label.clone()),
+            ("gw:0:2", None)
+        );
+        let id = AlertId::parse("gw:0:2").unwrap();
+        assert!(
+            storage
+                .label_alert(&id, &label(true, "ann", 7))
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            storage
+                .ingest("gw", &batch("gw", 2..=3, 100))
+                .unwrap()
+                .stored,
+            2
+        );
+        drop(storage);
+        // Opening again is a no-op migration that keeps the label.
+        let storage = SqliteStorage::open(&path, Duration::from_secs(1)).unwrap();
+        let spans = storage.alert_spans(None, None, None, 10).unwrap();
+        assert_eq!(spans[0].true_alarm, Some(true));
+    }
+
+    #[test]
+    fn a_database_from_a_newer_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sink.db");
+        version_2_database(&path);
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        assert!(matches!(
+            SqliteStorage::open(&path, Duration::from_secs(1)),
+            Err(StorageError::SchemaTooNew {
+                found: 4,
+                supported: 3
+            })
+        ));
     }
 
     #[test]

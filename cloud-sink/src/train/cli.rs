@@ -10,8 +10,8 @@ use protocol::features::Stat;
 use super::dataset::{ColumnOptions, MissingPolicy};
 use super::families::{FamilyKind, HyperParams};
 use super::preprocess::Scaling;
-use super::registry::{NewVersion, Registry};
-use super::run::{self, SavedModel, TrainOptions};
+use super::registry::register_trained;
+use super::run::{self, TrainOptions};
 use super::threshold::ThresholdRule;
 
 fn parse_stat(s: &str) -> Result<Stat, String> {
@@ -47,7 +47,7 @@ pub struct TrainArgs {
     /// Columns or channels to leave out, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub exclude: Vec<String>,
-    /// auto | pca | gaussian | forecast | classifier. `auto` needs labels.
+    /// auto | pca | gaussian | forecast | classifier | autoencoder. `auto` needs labels.
     #[arg(long, default_value = "auto")]
     pub family: String,
     /// Output directory: model.json, model.onnx, manifest.json, report.json, report.html.
@@ -74,6 +74,7 @@ pub struct TrainArgs {
     /// Fraction held out for the final evaluation.
     #[arg(long, default_value_t = 0.2)]
     pub holdout: f64,
+    /// Seed of the folds, the hold-out split and the autoencoder's weights and batches.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Forecaster lags (frames).
@@ -82,6 +83,21 @@ pub struct TrainArgs {
     /// L2 penalty of the forecaster and the classifier.
     #[arg(long, default_value_t = 1e-2)]
     pub ridge: f64,
+    /// Autoencoder: bottleneck width (default: a third of the input columns, at least 2).
+    #[arg(long)]
+    pub ae_hidden: Option<usize>,
+    /// Autoencoder: most training epochs.
+    #[arg(long, default_value_t = HyperParams::default().ae_epochs)]
+    pub ae_epochs: usize,
+    /// Autoencoder: rows per mini-batch.
+    #[arg(long, default_value_t = HyperParams::default().ae_batch_size)]
+    pub ae_batch_size: usize,
+    /// Autoencoder: Adam learning rate.
+    #[arg(long, default_value_t = HyperParams::default().ae_learning_rate)]
+    pub ae_learning_rate: f64,
+    /// Autoencoder: epochs without a better validation loss before training stops.
+    #[arg(long, default_value_t = HyperParams::default().ae_patience)]
+    pub ae_patience: usize,
     /// Frame period for reading files (JSON, NDJSON, SenML), e.g. 1s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub period: Option<Duration>,
@@ -141,6 +157,13 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     opts.hyper = HyperParams {
         lags: args.lags,
         ridge: args.ridge,
+        ae_hidden: args.ae_hidden,
+        ae_epochs: args.ae_epochs,
+        ae_batch_size: args.ae_batch_size,
+        ae_learning_rate: args.ae_learning_rate,
+        ae_patience: args.ae_patience,
+        // One seed for the folds, the hold-out split and the weights.
+        seed: args.seed,
         ..HyperParams::default()
     };
     opts.threshold = args
@@ -186,52 +209,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         }
         eprintln!("ONNX export not written: {e}");
     }
-    if let (Some(db), Some(check)) = (&args.registry, &r.export) {
-        let mut registry = Registry::open(db).context("opening the registry")?;
-        let id = registry.register(
-            &NewVersion {
-                scope: args.scope.clone(),
-                family: r.chosen.name().to_owned(),
-                data_from_ns: r.data.time_from_ns,
-                data_to_ns: r.data.time_to_ns,
-                hyper_params: serde_json::to_value(&r.hyper_params)?,
-                metrics: serde_json::to_value(&r.heldout)?,
-                parent: None,
-                artifact: args.out.display().to_string(),
-            },
-            check,
-        )?;
-        let challenger_f1 = r.heldout.as_ref().and_then(|m| m.f1);
-        let champion = registry.production(&args.scope)?;
-        let champion_f1 = match &champion {
-            Some(c) => champion_f1(&c.artifact, &outcome.heldout),
-            None => None,
-        };
-        match (challenger_f1, &champion, champion_f1) {
-            (_, None, _) | (Some(_), Some(_), Some(_)) => {
-                let d = registry.challenge(
-                    id,
-                    challenger_f1.unwrap_or(0.0),
-                    champion_f1,
-                    args.margin,
-                    true,
-                )?;
-                eprintln!("registered version {id}: {}", d.reason);
-            }
-            _ => eprintln!(
-                "registered version {id} as a candidate: champion and challenger cannot be compared on F1 (no labels or incompatible inputs)"
-            ),
-        }
+    if let (Some(db), Some(_)) = (&args.registry, &r.export) {
+        let reg = register_trained(db, &args.scope, &args.out, &outcome, args.margin)
+            .context("registering the model")?;
+        eprintln!("registered version {}: {}", reg.id, reg.reason);
     }
     Ok(())
-}
-
-/// The champion's F1 on the challenger's held-out samples, when its inputs match.
-fn champion_f1(artifact: &str, heldout: &super::dataset::Samples) -> Option<f64> {
-    let model = SavedModel::load(std::path::Path::new(artifact)).ok()?;
-    let labels = heldout.labels.as_ref()?;
-    let scores = model.score(heldout).ok()?;
-    super::metrics::BinaryMetrics::compute(&scores, labels, model.threshold.value).f1
 }
 
 /// `outpost-cloud-sink evaluate`.

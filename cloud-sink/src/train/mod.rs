@@ -19,6 +19,8 @@
 //!   tract round-trip check that gates registration.
 //! - [`registry`] — model versions with lineage and status in the sink's
 //!   SQLite, champion/challenger promotion.
+//! - [`jobs`] — training jobs inside the running sink: bounded queue, one
+//!   worker, progress, operator labels as frame labels, the scheduler.
 //! - [`cli`] — arguments and handlers of the `train`, `evaluate`, `score` subcommands.
 //! - [`run`] — the `train`, `evaluate` and `score` commands.
 //!
@@ -31,6 +33,7 @@ pub mod cv;
 pub mod dataset;
 pub mod export;
 pub mod families;
+pub mod jobs;
 pub mod metrics;
 pub mod preprocess;
 pub mod registry;

@@ -237,6 +237,28 @@ impl Registry {
         )
     }
 
+    /// The newest versions first, of one scope or of all, at most `limit`.
+    pub fn recent(&self, scope: Option<&str>, limit: u32) -> Result<Vec<ModelVersion>, TrainError> {
+        self.query(
+            &format!(
+                "{} WHERE (?1 IS NULL OR scope = ?1) ORDER BY id DESC LIMIT ?2",
+                Self::COLUMNS
+            ),
+            params![scope, limit],
+        )
+    }
+
+    /// When the scope's newest version was registered.
+    pub fn latest_created_ns(&self, scope: &str) -> Result<Option<i64>, TrainError> {
+        self.conn
+            .query_row(
+                "SELECT MAX(created_ns) FROM model_versions WHERE scope = ?1",
+                params![scope],
+                |row| row.get(0),
+            )
+            .map_err(reg)
+    }
+
     /// Sets a version's status; promoting retires the scope's current
     /// production version in the same transaction.
     pub fn set_status(&mut self, id: i64, status: Status) -> Result<(), TrainError> {
@@ -322,4 +344,87 @@ impl Registry {
             reason,
         })
     }
+}
+
+/// What [`register_trained`] did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    /// The new version.
+    pub id: i64,
+    /// Whether it is now the scope's production version.
+    pub promoted: bool,
+    /// The champion/challenger decision, when one was made.
+    pub decision: Option<Decision>,
+    /// One line for people: why it was or was not promoted.
+    pub reason: String,
+}
+
+/// Registers a trained and exported model and runs champion/challenger on
+/// held-out F1, as `outpost-cloud-sink train --registry` does: the first
+/// version of a scope goes to production; later ones replace the champion
+/// only when both F1 values exist (labelled held-out data the champion can
+/// score) and the challenger wins by `margin`; otherwise the new version
+/// stays a candidate. `artifact` is the directory holding the model files.
+pub fn register_trained(
+    db: &Path,
+    scope: &str,
+    artifact: &Path,
+    outcome: &super::run::TrainOutcome,
+    margin: f64,
+) -> Result<Registration, TrainError> {
+    let r = &outcome.report;
+    let check = r.export.as_ref().ok_or_else(|| {
+        TrainError::Export("the model was not exported; it cannot be registered".into())
+    })?;
+    let mut registry = Registry::open(db)?;
+    let id = registry.register(
+        &NewVersion {
+            scope: scope.to_owned(),
+            family: r.chosen.name().to_owned(),
+            data_from_ns: r.data.time_from_ns,
+            data_to_ns: r.data.time_to_ns,
+            hyper_params: serde_json::to_value(&r.hyper_params)?,
+            metrics: serde_json::to_value(&r.heldout)?,
+            parent: None,
+            artifact: artifact.display().to_string(),
+        },
+        check,
+    )?;
+    let challenger_f1 = r.heldout.as_ref().and_then(|m| m.f1);
+    let champion = registry.production(scope)?;
+    let champion_f1 = match &champion {
+        Some(c) => champion_f1(&c.artifact, &outcome.heldout),
+        None => None,
+    };
+    match (challenger_f1, &champion, champion_f1) {
+        (_, None, _) | (Some(_), Some(_), Some(_)) => {
+            let d = registry.challenge(
+                id,
+                challenger_f1.unwrap_or(0.0),
+                champion_f1,
+                margin,
+                true,
+            )?;
+            Ok(Registration {
+                id,
+                promoted: d.promoted,
+                reason: d.reason.clone(),
+                decision: Some(d),
+            })
+        }
+        _ => Ok(Registration {
+            id,
+            promoted: false,
+            decision: None,
+            reason: "registered as a candidate: champion and challenger cannot be compared on F1 (no labels or incompatible inputs)".into(),
+        }),
+    }
+}
+
+/// The champion's F1 on the challenger's held-out samples, when its inputs match.
+fn champion_f1(artifact: &str, heldout: &super::dataset::Samples) -> Option<f64> {
+    let model = super::run::SavedModel::load(Path::new(artifact)).ok()?;
+    let labels = heldout.labels.as_ref()?;
+    let scores = model.score(heldout).ok()?;
+    super::metrics::BinaryMetrics::compute(&scores, labels, model.threshold.value).f1
 }
