@@ -10,6 +10,7 @@ use protocol::Timestamp;
 use rumqttc::QoS;
 
 use crate::bench::BenchConfig;
+use crate::dataset::DatasetConfig;
 use crate::fleet::FleetConfig;
 use crate::publish::coap::CoapConfig;
 use crate::publish::http::HttpConfig;
@@ -35,6 +36,45 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Measure the raw broker → bare subscriber rate (the benchmark baseline).
     BenchBroker(BenchArgs),
+    /// Write the fleet's readings offline (simulated time, no broker) as a
+    /// labelled CSV for `outpost-cloud-sink train`.
+    Dataset(DatasetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DatasetArgs {
+    /// Number of simulated devices.
+    #[arg(long, default_value_t = 10)]
+    pub devices: usize,
+    /// Global index of the first device: devices are pumps K..K+N (names and
+    /// random streams), so disjoint ranges give different pumps.
+    #[arg(long, default_value_t = 0)]
+    pub first_device: usize,
+    /// Simulated time per device (e.g. 6h); ticks = duration / sim step.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Simulated time between two readings of one device (whole milliseconds).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub sim_step: Duration,
+    /// Seed of every random choice; the same seed gives the same file.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Probability per device tick that an anomaly starts, in [0, 1].
+    #[arg(long, default_value_t = 0.001)]
+    pub anomaly_rate: f64,
+    /// Simulated time of the first reading (RFC 3339). Fixed by default, so
+    /// the file depends on the arguments only.
+    #[arg(long, default_value = "2025-01-01T00:00:00Z")]
+    pub start_time: String,
+    /// Device names are {prefix}{index:04}.
+    #[arg(long, default_value = "pump-")]
+    pub device_prefix: String,
+    /// Output CSV: time (epoch ms),device,<one column per channel>,label.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Also write the injected anomalies here (CSV, as `run --ground-truth`).
+    #[arg(long, value_name = "FILE")]
+    pub ground_truth: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -424,6 +464,7 @@ impl RunArgs {
                 step_ns,
                 anomaly_rate: self.anomaly_rate,
                 device_prefix: self.device_prefix,
+                first_device: 0,
             },
             transport: match self.protocol {
                 Protocol::Mqtt => TransportConfig::Mqtt(MqttConfig {
@@ -473,6 +514,70 @@ impl RunArgs {
     }
 }
 
+impl DatasetArgs {
+    pub fn into_config(self) -> Result<DatasetConfig, ConfigError> {
+        let mut p = Vec::new();
+        if self.devices == 0 {
+            p.push("--devices: must be at least 1".into());
+        }
+        if self.first_device.checked_add(self.devices).is_none() {
+            p.push("--first-device: too large".into());
+        }
+        if !(0.0..=1.0).contains(&self.anomaly_rate) {
+            p.push(format!(
+                "--anomaly-rate {}: must be a probability in [0, 1]",
+                self.anomaly_rate
+            ));
+        }
+        if self.sim_step.is_zero() || !self.sim_step.subsec_nanos().is_multiple_of(1_000_000) {
+            p.push(format!(
+                "--sim-step {}: must be a positive whole number of milliseconds",
+                humantime::format_duration(self.sim_step)
+            ));
+        }
+        let step_ns = i64::try_from(self.sim_step.as_nanos()).unwrap_or(i64::MAX / 2);
+        let ticks = if step_ns > 0 {
+            self.duration.as_nanos() / step_ns as u128
+        } else {
+            0
+        };
+        if ticks == 0 {
+            p.push("--duration: must cover at least one --sim-step".into());
+        }
+        if self.device_prefix.contains(['/', ':', ',', '+', '#'])
+            || self.device_prefix.chars().any(char::is_control)
+        {
+            p.push(format!(
+                "--device-prefix {:?}: must not contain / : , + # or control characters",
+                self.device_prefix
+            ));
+        }
+        let start = if self.start_time == "now" {
+            p.push("--start-time: give a fixed RFC 3339 time (a dataset is reproducible)".into());
+            Timestamp(0)
+        } else {
+            parse_start(&self.start_time, &mut p)
+        };
+        if !p.is_empty() {
+            return Err(ConfigError(p));
+        }
+        Ok(DatasetConfig {
+            fleet: FleetConfig {
+                devices: self.devices,
+                seed: self.seed,
+                start,
+                step_ns,
+                anomaly_rate: self.anomaly_rate,
+                device_prefix: self.device_prefix,
+                first_device: self.first_device,
+            },
+            ticks: u64::try_from(ticks).unwrap_or(u64::MAX),
+            out: self.out,
+            ground_truth: self.ground_truth,
+        })
+    }
+}
+
 impl BenchArgs {
     pub fn into_config(self) -> Result<(BenchConfig, Option<PathBuf>), ConfigError> {
         let mut p = Vec::new();
@@ -517,8 +622,56 @@ mod tests {
         v.extend_from_slice(args);
         Cli::try_parse_from(v).map(|c| match c.command {
             Command::Run(r) => *r,
-            Command::BenchBroker(_) => panic!("not run"),
+            _ => panic!("not run"),
         })
+    }
+
+    fn dataset(args: &[&str]) -> Result<DatasetConfig, ConfigError> {
+        let mut v = vec!["outpost-firmware-sim", "dataset"];
+        v.extend_from_slice(args);
+        match Cli::try_parse_from(v).unwrap().command {
+            Command::Dataset(d) => d.into_config(),
+            _ => panic!("not dataset"),
+        }
+    }
+
+    #[test]
+    fn dataset_arguments_become_a_fleet_over_simulated_time() {
+        let c = dataset(&[
+            "--devices",
+            "4",
+            "--first-device",
+            "6",
+            "--duration",
+            "2h",
+            "--sim-step",
+            "2s",
+            "--seed",
+            "9",
+            "--out",
+            "x.csv",
+        ])
+        .unwrap();
+        assert_eq!((c.fleet.devices, c.fleet.first_device), (4, 6));
+        assert_eq!(
+            (c.ticks, c.fleet.step_ns, c.fleet.seed),
+            (3_600, 2_000_000_000, 9)
+        );
+        assert_eq!(c.fleet.start.0, 1_735_689_600_000_000_000);
+        let e = dataset(&[
+            "--devices",
+            "0",
+            "--duration",
+            "1ms",
+            "--sim-step",
+            "1500us",
+            "--anomaly-rate",
+            "2",
+            "--out",
+            "x.csv",
+        ])
+        .unwrap_err();
+        assert_eq!(e.0.len(), 4, "{e}");
     }
 
     #[test]

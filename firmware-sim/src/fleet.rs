@@ -31,6 +31,8 @@ pub enum FleetError {
     StartTooEarly(Timestamp),
     #[error("anomaly rate {0} is not a probability in [0, 1]")]
     BadAnomalyRate(f64),
+    #[error("the first device index plus the number of devices overflows")]
+    TooManyDevices,
     #[error("simulated time ran past the year 2262")]
     TimeOverflow,
     #[error("generated an invalid reading: {0}")]
@@ -52,6 +54,12 @@ pub struct FleetConfig {
     pub anomaly_rate: f64,
     /// Device names are `{prefix}{index:04}`.
     pub device_prefix: String,
+    /// Global index of the fleet's first device (normally 0). Device `i` of
+    /// the fleet is pump `first_device + i`: that index names it and seeds
+    /// its RNGs, so a fleet starting at `K` simulates the same pumps as
+    /// devices `K..` of a larger fleet with the same seed, and two fleets
+    /// with disjoint index ranges hold disjoint pumps.
+    pub first_device: usize,
 }
 
 impl FleetConfig {
@@ -67,6 +75,9 @@ impl FleetConfig {
         }
         if !(0.0..=1.0).contains(&self.anomaly_rate) {
             return Err(FleetError::BadAnomalyRate(self.anomaly_rate));
+        }
+        if self.first_device.checked_add(self.devices).is_none() {
+            return Err(FleetError::TooManyDevices);
         }
         Ok(())
     }
@@ -150,7 +161,7 @@ fn device_seed(seed: u64, index: usize, stream: u64) -> u64 {
 impl Fleet {
     pub fn try_new(cfg: FleetConfig) -> Result<Self, FleetError> {
         cfg.validate()?;
-        let devices = (0..cfg.devices)
+        let devices = (cfg.first_device..cfg.first_device + cfg.devices)
             .map(|i| {
                 let mut signal_rng = StdRng::seed_from_u64(device_seed(cfg.seed, i, 0x5167_4E41));
                 let anomaly_rng = StdRng::seed_from_u64(device_seed(cfg.seed, i, 0xA70_3A1E));
@@ -188,19 +199,25 @@ impl Fleet {
         self.anomalies_started
     }
 
-    /// The (wire-canonical) time of `tick` on device `index`.
-    pub fn ts_at(&self, index: usize, tick: u64) -> Result<Timestamp, FleetError> {
+    /// The nominal time of `tick` on device `index` (the fleet's position,
+    /// not the global index): `start + tick·step + index·step/N`, before it
+    /// is snapped to the wire.
+    pub fn nominal_ns(&self, index: usize, tick: u64) -> Result<i64, FleetError> {
         let n = self.cfg.devices as i64;
         let offset = (index as i64)
             .checked_mul(self.cfg.step_ns / n)
             .ok_or(FleetError::TimeOverflow)?;
-        let ns = i64::try_from(tick)
+        i64::try_from(tick)
             .ok()
             .and_then(|k| k.checked_mul(self.cfg.step_ns))
             .and_then(|x| x.checked_add(offset))
             .and_then(|x| x.checked_add(self.cfg.start.0))
-            .ok_or(FleetError::TimeOverflow)?;
-        Ok(wire_canonical(Timestamp(ns)))
+            .ok_or(FleetError::TimeOverflow)
+    }
+
+    /// The (wire-canonical) time of `tick` on device `index`.
+    pub fn ts_at(&self, index: usize, tick: u64) -> Result<Timestamp, FleetError> {
+        Ok(wire_canonical(Timestamp(self.nominal_ns(index, tick)?)))
     }
 
     /// Steps the next device in round-robin order and returns its sample.
@@ -303,6 +320,7 @@ mod tests {
             step_ns: 1_000_000_000,
             anomaly_rate: rate,
             device_prefix: "pump-".into(),
+            first_device: 0,
         }
     }
 

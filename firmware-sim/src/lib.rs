@@ -11,6 +11,8 @@
 //! - [`stats`] — latency percentiles and the run summary.
 //! - [`run`] — the `run` command: generate, pace, publish, drain, summarise.
 //! - [`bench`] — the `bench-broker` command: raw broker → subscriber baseline.
+//! - [`dataset`] — the `dataset` command: the fleet offline in simulated time,
+//!   written as a labelled CSV for training.
 //! - [`cli`] — command-line arguments and their validation.
 #![forbid(unsafe_code)]
 
@@ -18,6 +20,7 @@ pub mod acked_log;
 pub mod anomaly;
 pub mod bench;
 pub mod cli;
+pub mod dataset;
 pub mod fleet;
 pub mod ground_truth;
 pub mod pacing;

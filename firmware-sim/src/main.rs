@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::Parser;
 use outpost_firmware_sim::bench::bench_broker;
 use outpost_firmware_sim::cli::{Cli, Command};
+use outpost_firmware_sim::dataset::write_dataset;
 use outpost_firmware_sim::run::run;
 
 const EX_CONFIG: u8 = 78;
@@ -57,6 +58,33 @@ async fn main() -> ExitCode {
                 code = ExitCode::FAILURE;
             }
             code
+        }
+        Command::Dataset(args) => {
+            let cfg = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("outpost-firmware-sim: {e}");
+                    return ExitCode::from(EX_CONFIG);
+                }
+            };
+            match write_dataset(&cfg) {
+                Ok(s) => {
+                    println!(
+                        "wrote {} rows ({} devices from #{}, {} anomalous rows, {} anomalies) to {}",
+                        s.rows,
+                        cfg.fleet.devices,
+                        cfg.fleet.first_device,
+                        s.anomalous_rows,
+                        s.anomalies,
+                        cfg.out.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("outpost-firmware-sim: {:#}", anyhow::Error::from(e));
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::BenchBroker(args) => {
             let (cfg, json_path) = match args.into_config() {

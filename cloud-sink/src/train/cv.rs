@@ -5,6 +5,12 @@
 //! - [`stratified_kfold`]: each class is shuffled and dealt round-robin, so
 //!   every fold holds `⌊n_c/k⌋` or `⌈n_c/k⌉` samples of class `c` — the class
 //!   ratio of every fold is the overall ratio up to one sample per class.
+//! - [`group_kfold`]: whole groups (devices) per fold — every sample of a
+//!   device is in the same test fold, so a fold measures how the model does
+//!   on devices it has never seen, which is what a fleet model is for.
+//!   Windows of one device overlap and follow one another; split across
+//!   folds, they put near-copies of test windows into training and make the
+//!   validation optimistic, most for the families that fit the most.
 //! - [`forward_chaining`]: samples ordered by time are cut into `k + 1`
 //!   consecutive blocks; fold `i` trains on blocks `0..=i` and tests on block
 //!   `i + 1`, so no fold ever trains on data later than its test data.
@@ -29,6 +35,8 @@ pub struct Fold {
 pub enum FoldKind {
     KFold,
     Stratified,
+    /// Whole devices per fold ([`group_kfold`]).
+    ByDevice,
     ForwardChaining,
 }
 
@@ -93,6 +101,30 @@ pub fn stratified_kfold(labels: &[bool], k: usize, seed: u64) -> Result<Vec<Fold
     Ok(folds_from_assignment(&assign, k))
 }
 
+/// k-fold over groups: the distinct groups (sorted) are shuffled (seeded)
+/// and dealt round-robin to `k` folds; a sample's fold is its group's. Needs
+/// at least `k` groups.
+pub fn group_kfold(groups: &[String], k: usize, seed: u64) -> Result<Vec<Fold>, TrainError> {
+    check(groups.len(), k)?;
+    let mut names: Vec<&String> = groups.iter().collect();
+    names.sort();
+    names.dedup();
+    if names.len() < k {
+        return Err(TrainError::Folds(format!(
+            "{} groups cannot make {k} folds",
+            names.len()
+        )));
+    }
+    names.shuffle(&mut StdRng::seed_from_u64(seed));
+    let fold_of: std::collections::HashMap<&String, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(pos, g)| (*g, pos % k))
+        .collect();
+    let assign: Vec<usize> = groups.iter().map(|g| fold_of[g]).collect();
+    Ok(folds_from_assignment(&assign, k))
+}
+
 /// Forward chaining over samples whose times are `times` (any order; ties
 /// stay in input order). `k` folds from `k + 1` blocks.
 pub fn forward_chaining(times: &[i64], k: usize) -> Result<Vec<Fold>, TrainError> {
@@ -127,4 +159,27 @@ pub fn forward_chaining(times: &[i64], k: usize) -> Result<Vec<Fold>, TrainError
         folds.push(Fold { train, test });
     }
     Ok(folds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_folds_keep_every_device_in_one_test_fold() {
+        let groups: Vec<String> = (0..50).map(|i| format!("d{}", i % 7)).collect();
+        let folds = group_kfold(&groups, 3, 2).unwrap();
+        assert_eq!(folds.len(), 3);
+        let mut tested = vec![0; groups.len()];
+        for f in &folds {
+            for &i in &f.test {
+                tested[i] += 1;
+                // No sample of a test device is in training.
+                assert!(f.train.iter().all(|&j| groups[j] != groups[i]));
+            }
+            assert_eq!(f.train.len() + f.test.len(), groups.len());
+        }
+        assert!(tested.iter().all(|&t| t == 1));
+        assert!(group_kfold(&groups, 8, 2).is_err());
+    }
 }

@@ -184,7 +184,7 @@ pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
 
 /// Points of a curve over distinct thresholds, highest score first:
 /// `(threshold, tp, fp)` counting samples with `score >= threshold`.
-fn cumulative(scores: &[f64], labels: &[bool]) -> Vec<(f64, u64, u64)> {
+pub(crate) fn cumulative(scores: &[f64], labels: &[bool]) -> Vec<(f64, u64, u64)> {
     let n = scores.len().min(labels.len());
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));

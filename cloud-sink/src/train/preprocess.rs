@@ -13,6 +13,17 @@
 //!
 //! A numeric column with scale 0 is constant: [`TrainError::ConstantColumn`].
 //!
+//! **Log-scaled spreads** (opt-in, [`Pipeline::fit_with_log_spread`]): the
+//! spread statistics (`*.std`, `*.peak_to_peak`, never negative) are first
+//! replaced by `ln(x + ε_j)`, `ε_j` = 1 % of the column's training median,
+//! then standardised like any column. A spread is roughly log-normal, and a
+//! channel stuck at a constant has a spread of exactly 0: in linear units
+//! that is only two or three standard deviations below a typical spread
+//! (normal windows reach it too), in log units it is `ln(0.01)` ≈ −4.6 below
+//! the median, far outside the normal range. The ONNX export does not yet
+//! express the logarithm (`export` would need a `Log` node on those
+//! columns), so models with it cannot be exported; it is off by default.
+//!
 //! [`Pca`] is a symmetric eigen-decomposition (nalgebra `SymmetricEigen`) of
 //! the covariance of `z`, guarded: non-finite values, too few rows and an
 //! all-zero covariance are typed errors.
@@ -48,6 +59,30 @@ pub struct Pipeline {
     pub center: Vec<f64>,
     pub scale: Vec<f64>,
     pub one_hot: Vec<OneHot>,
+    /// Per numeric column: `Some(ε)` when the column is log-scaled as
+    /// `ln(max(x, 0) + ε)` before standardisation; empty when none is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_offset: Vec<Option<f64>>,
+}
+
+/// Whether a feature column is a spread statistic (never negative).
+pub fn is_spread(name: &str) -> bool {
+    name.ends_with(".std") || name.ends_with(".peak_to_peak")
+}
+
+/// Fraction of a spread column's training median added before the log.
+pub const LOG_SPREAD_OFFSET: f64 = 0.01;
+
+fn apply_log(x: &DMatrix<f64>, offsets: &[Option<f64>]) -> DMatrix<f64> {
+    let mut y = x.clone();
+    for (j, off) in offsets.iter().enumerate() {
+        if let Some(e) = off {
+            for v in y.column_mut(j).iter_mut() {
+                *v = (v.max(0.0) + e).ln();
+            }
+        }
+    }
+    y
 }
 
 impl Pipeline {
@@ -60,7 +95,52 @@ impl Pipeline {
         cat_names: &[String],
         scaling: Scaling,
     ) -> Result<Self, TrainError> {
+        Self::fit_inner(x, names, categorical, cat_names, scaling, false)
+    }
+
+    /// [`fit`](Self::fit) with the spread statistics log-scaled (see the
+    /// module docs).
+    pub fn fit_with_log_spread(
+        x: &DMatrix<f64>,
+        names: &[String],
+        categorical: &[Vec<String>],
+        cat_names: &[String],
+        scaling: Scaling,
+    ) -> Result<Self, TrainError> {
+        Self::fit_inner(x, names, categorical, cat_names, scaling, true)
+    }
+
+    fn fit_inner(
+        x: &DMatrix<f64>,
+        names: &[String],
+        categorical: &[Vec<String>],
+        cat_names: &[String],
+        scaling: Scaling,
+        log_spread: bool,
+    ) -> Result<Self, TrainError> {
         super::check_matrix(x, names, 2, 1, true)?;
+        let log_offset: Vec<Option<f64>> = if log_spread {
+            x.column_iter()
+                .enumerate()
+                .map(|(j, col)| {
+                    let name = names.get(j).map_or("", String::as_str);
+                    is_spread(name).then(|| {
+                        let v: Vec<f64> = col.iter().map(|v| v.max(0.0)).collect();
+                        (quantile(&v, 0.5).unwrap_or(0.0) * LOG_SPREAD_OFFSET)
+                            .max(f64::MIN_POSITIVE)
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let logged;
+        let x = if log_offset.iter().any(Option::is_some) {
+            logged = apply_log(x, &log_offset);
+            &logged
+        } else {
+            x
+        };
         let mut center = Vec::with_capacity(x.ncols());
         let mut scale = Vec::with_capacity(x.ncols());
         for (j, col) in x.column_iter().enumerate() {
@@ -116,6 +196,7 @@ impl Pipeline {
             center,
             scale,
             one_hot,
+            log_offset,
         })
     }
 
@@ -159,6 +240,13 @@ impl Pipeline {
             });
         }
         let d = self.output_len();
+        let logged;
+        let x = if self.log_offset.iter().any(Option::is_some) {
+            logged = apply_log(x, &self.log_offset);
+            &logged
+        } else {
+            x
+        };
         let mut z = DMatrix::zeros(x.nrows(), d);
         for i in 0..x.nrows() {
             for j in 0..x.ncols() {
@@ -275,5 +363,37 @@ impl Pca {
             row -= self.mean.transpose();
         }
         centered * &self.components
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zero_spread_is_far_out_only_on_the_log_scale() {
+        // Spreads between 0.5 and 2 (log-uniform), and a level column.
+        let n = 400;
+        let x = DMatrix::from_fn(n, 2, |i, j| {
+            let u = (i as f64 + 0.5) / n as f64;
+            if j == 0 { 10.0 + u } else { 0.5 * 4f64.powf(u) }
+        });
+        let names = vec!["c.mean".to_owned(), "c.std".to_owned()];
+        let stuck = DMatrix::from_row_slice(1, 2, &[10.5, 0.0]);
+        let plain = Pipeline::fit(&x, &names, &[], &[], Scaling::Plain).unwrap();
+        assert!(plain.log_offset.is_empty());
+        let z = plain.transform(&stuck, &[]).unwrap();
+        assert!(z[(0, 1)] > -3.0, "linear: {}", z[(0, 1)]);
+        let logged = Pipeline::fit_with_log_spread(&x, &names, &[], &[], Scaling::Plain).unwrap();
+        assert_eq!(logged.log_offset[0], None);
+        let eps = logged.log_offset[1].unwrap();
+        assert!((eps - 0.01).abs() < 1e-3, "1 % of the median spread: {eps}");
+        let z = logged.transform(&stuck, &[]).unwrap();
+        assert!(z[(0, 1)] < -8.0, "log: {}", z[(0, 1)]);
+        // The level column is untouched, and the JSON round-trips.
+        assert!((z[(0, 0)] - plain.transform(&stuck, &[]).unwrap()[(0, 0)]).abs() < 1e-12);
+        let back: Pipeline =
+            serde_json::from_str(&serde_json::to_string(&logged).unwrap()).unwrap();
+        assert_eq!(back, logged);
     }
 }

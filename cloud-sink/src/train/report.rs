@@ -396,6 +396,110 @@ impl TrainingReport {
     }
 }
 
+impl FoldKind {
+    /// How the folds are cut, for the report's sentences.
+    pub fn describe(self) -> &'static str {
+        match self {
+            FoldKind::KFold => "shuffled k-fold",
+            FoldKind::Stratified => "stratified k-fold",
+            FoldKind::ByDevice => {
+                "by-device folds, each scored on training devices its model never saw"
+            }
+            FoldKind::ForwardChaining => "forward-chaining (time-ordered) folds",
+        }
+    }
+}
+
+fn mean_std(r: &FamilyResult, name: &str) -> (Option<f64>, Option<f64>) {
+    r.spread.get(name).map_or((None, None), |s| (s.mean, s.std))
+}
+
+/// Why `chosen` won a comparison of `compared` (the results the choice was
+/// made on, one per family): its validation F1 and PR-AUC with their fold
+/// spread, the runner-up's, the other families' F1, and the families that
+/// could not be validated, with why.
+/// `named`: the family was named with `--family`, nothing was compared.
+pub fn selection_reason(chosen: FamilyKind, compared: &[&FamilyResult], named: bool) -> String {
+    let f1 = |r: &FamilyResult| mean_std(r, "f1").0.unwrap_or(f64::NEG_INFINITY);
+    let ap = |r: &FamilyResult| mean_std(r, "pr_auc").0.unwrap_or(f64::NEG_INFINITY);
+    let mut ok: Vec<&FamilyResult> = compared
+        .iter()
+        .copied()
+        .filter(|r| r.error.is_none())
+        .collect();
+    ok.sort_by(|a, b| f1(b).total_cmp(&f1(a)).then(ap(b).total_cmp(&ap(a))));
+    let metric = |r: &FamilyResult| {
+        if !r.spread.contains_key("f1") {
+            let (a, sd) = mean_std(r, "alarm_rate");
+            return format!("alarm rate {} ± {} (no labels)", fmt_opt(a), fmt_opt(sd));
+        }
+        let (m, sd) = mean_std(r, "f1");
+        let (p, _) = mean_std(r, "pr_auc");
+        let folds = r.spread.get("f1").map_or(0, |s| s.defined);
+        format!(
+            "F1 {} ± {} over {folds} folds, PR-AUC {}",
+            fmt_opt(m),
+            fmt_opt(sd),
+            fmt_opt(p)
+        )
+    };
+    let mut out = String::new();
+    if named {
+        match compared.iter().find(|r| r.family == chosen) {
+            Some(r) if r.error.is_none() => {
+                let _ = write!(
+                    out,
+                    "{} was named with --family (no comparison); its validation with {}: {}.",
+                    chosen.name(),
+                    r.fold_kind.describe(),
+                    metric(r)
+                );
+            }
+            _ => {
+                let _ = write!(out, "{} was named with --family.", chosen.name());
+            }
+        }
+        return out;
+    }
+    match ok.iter().find(|r| r.family == chosen) {
+        Some(w) => {
+            let _ = write!(
+                out,
+                "{} has the highest mean cross-validated F1 on the training data (validation with {}): {}.",
+                chosen.name(),
+                w.fold_kind.describe(),
+                metric(w)
+            );
+        }
+        None => {
+            let _ = write!(out, "{} was chosen.", chosen.name());
+        }
+    }
+    let others: Vec<&&FamilyResult> = ok.iter().filter(|r| r.family != chosen).collect();
+    if let Some(r) = others.first() {
+        let _ = write!(out, " Runner-up: {}, {}.", r.family.name(), metric(r));
+    }
+    if others.len() > 1 {
+        let rest: Vec<String> = others[1..]
+            .iter()
+            .map(|r| format!("{} F1 {}", r.family.name(), fmt_opt(mean_std(r, "f1").0)))
+            .collect();
+        let _ = write!(out, " Then: {}.", rest.join(", "));
+    }
+    let failed: Vec<String> = compared
+        .iter()
+        .filter_map(|r| {
+            r.error
+                .as_ref()
+                .map(|e| format!("{} ({e})", r.family.name()))
+        })
+        .collect();
+    if !failed.is_empty() {
+        let _ = write!(out, " Not validated: {}.", failed.join("; "));
+    }
+    out
+}
+
 /// A fold's value of a metric named as in [`FamilyResult::spread`].
 pub fn fold_metric(fold: &FoldResult, name: &str) -> Option<f64> {
     match name {
@@ -404,5 +508,54 @@ pub fn fold_metric(fold: &FoldResult, name: &str) -> Option<f64> {
         "r2" => fold.regression.as_ref().and_then(|r| r.r2),
         "alarm_rate" => fold.alarm_rate,
         other => fold.metrics.as_ref().and_then(|m| m.get(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(family: FamilyKind, f1: f64, error: Option<&str>) -> FamilyResult {
+        let spread = |v: f64| Spread::of(&[Some(v - 0.01), Some(v + 0.01)]);
+        let mut s = BTreeMap::new();
+        if error.is_none() {
+            s.insert("f1".to_owned(), spread(f1));
+            s.insert("pr_auc".to_owned(), spread(f1 + 0.05));
+        }
+        FamilyResult {
+            family,
+            fold_kind: FoldKind::ByDevice,
+            folds: Vec::new(),
+            spread: s,
+            error: error.map(str::to_owned),
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_reason_cites_the_validation_the_runner_up_and_the_failures() {
+        let r = [
+            result(FamilyKind::Pca, 0.70, None),
+            result(FamilyKind::WeightedGaussian, 0.85, None),
+            result(FamilyKind::Gaussian, 0.80, None),
+            result(FamilyKind::Classifier, 0.0, Some("did not converge")),
+        ];
+        let refs: Vec<&FamilyResult> = r.iter().collect();
+        let why = selection_reason(FamilyKind::WeightedGaussian, &refs, false);
+        assert!(
+            why.starts_with("weighted_gaussian has the highest mean cross-validated F1"),
+            "{why}"
+        );
+        assert!(why.contains("F1 0.8500 ± 0.0100 over 2 folds"), "{why}");
+        assert!(why.contains("by-device folds"), "{why}");
+        assert!(why.contains("Runner-up: gaussian, F1 0.8000"), "{why}");
+        assert!(why.contains("Then: pca F1 0.7000"), "{why}");
+        assert!(
+            why.contains("Not validated: classifier (did not converge)"),
+            "{why}"
+        );
+        let named = selection_reason(FamilyKind::Pca, &refs[..1], true);
+        assert!(named.starts_with("pca was named with --family"), "{named}");
+        assert!(named.contains("F1 0.7000"), "{named}");
     }
 }

@@ -6,18 +6,26 @@
 //!    least 3 devices, the last `⌈holdout·devices⌉` devices of a seeded
 //!    shuffle (held-out *devices*); otherwise the latest `holdout` fraction
 //!    of windows by time.
-//! 3. Cross-validate every candidate family on the rest (stratified k-fold
-//!    with labels, so every fold keeps the anomaly ratio; forward-chaining
-//!    without; the forecaster additionally gets k-fold and forward-chaining
-//!    regression metrics). Unsupervised families are fitted on normal windows
-//!    only. In each fold the threshold is chosen on the fold's training
-//!    scores.
+//! 3. Cross-validate every candidate family on the rest. With labels and at
+//!    least 3 training devices the folds are **by device** (every window of
+//!    a device in one test fold, one fold per device up to `folds`): a fleet
+//!    model is applied to devices it was not trained on, and windows of one
+//!    device overlap, so random folds would score near-copies of training
+//!    windows. With labels but fewer devices: stratified k-fold (every fold
+//!    keeps the anomaly ratio); without labels: forward-chaining. The
+//!    forecaster additionally gets k-fold and forward-chaining regression
+//!    metrics. Unsupervised families are fitted on normal windows only. In
+//!    each fold the threshold is chosen on the fold's training scores.
 //! 4. Choose: with `--family auto` the family with the best mean
-//!    cross-validated F1 (ties: PR-AUC). Without labels, `auto` cannot
-//!    compare families honestly and asks for `--family`.
+//!    cross-validated F1 of the first cross-validation above (ties: PR-AUC).
+//!    The report's `reason` states it, with the fold spread, the runner-up
+//!    and the families that could not be validated. Without labels, `auto`
+//!    cannot compare families honestly and asks for `--family`.
 //! 5. Fit the chosen family on all training windows; threshold by the rule
-//!    (default: best F1 on the pooled out-of-fold scores with labels, the
-//!    0.99 quantile of the training scores without).
+//!    (default: best F1 on the pooled out-of-fold scores with labels — each
+//!    fold's scores put on the family's shared scale first, see
+//!    `FittedModel::score_offset` — the 0.99 quantile of the training
+//!    scores without).
 //! 6. Evaluate on the held-out set; write `model.json`, `report.json`,
 //!    `report.html`.
 
@@ -57,6 +65,10 @@ pub struct TrainOptions {
     pub stats: Vec<Stat>,
     pub missing: MissingPolicy,
     pub scaling: Scaling,
+    /// Log-scale the spread statistics before standardising
+    /// ([`Pipeline::fit_with_log_spread`]). Off by default: the ONNX export
+    /// cannot express it yet.
+    pub log_spread: bool,
     pub folds: usize,
     /// Fraction held out for the final evaluation.
     pub holdout: f64,
@@ -77,6 +89,7 @@ impl TrainOptions {
             stats: vec![Stat::Mean, Stat::Std, Stat::Min, Stat::Max, Stat::Slope],
             missing: MissingPolicy::Drop,
             scaling: Scaling::Plain,
+            log_spread: false,
             folds: 5,
             holdout: 0.2,
             seed: 1,
@@ -254,7 +267,12 @@ fn fit_on(
         _ => train.to_vec(),
     };
     let sub = s.select(&rows);
-    let pipeline = Pipeline::fit(
+    let fit = if opts.log_spread {
+        Pipeline::fit_with_log_spread
+    } else {
+        Pipeline::fit
+    };
+    let pipeline = fit(
         &sub.x,
         &sub.names,
         &sub.categorical,
@@ -268,6 +286,7 @@ fn fit_on(
         &z,
         &names,
         sub.labels.as_deref(),
+        Some(&sub.devices),
         s.channels,
         &opts.hyper,
     )?;
@@ -283,6 +302,41 @@ fn score_rows(
     let sub = s.select(rows);
     let z = p.transform(&sub.x, &sub.categorical)?;
     m.score(&z)
+}
+
+/// Devices among the `train` samples.
+fn train_devices(s: &Samples, train: &[usize]) -> usize {
+    let set: std::collections::HashSet<&str> =
+        train.iter().map(|&i| s.devices[i].as_str()).collect();
+    set.len()
+}
+
+/// Folds of the by-device cross-validation: `folds`, or one per device when
+/// there are fewer devices.
+fn device_folds(s: &Samples, train: &[usize], folds: usize) -> usize {
+    folds.min(train_devices(s, train))
+}
+
+/// The cross-validation that compares families and gives the threshold's
+/// out-of-fold scores: by device with labels, at least 3 training devices,
+/// and both classes in the training part of every by-device fold (a fold
+/// tests devices the model never saw, as the held-out set does); stratified
+/// with labels otherwise (anomalies on too few devices); forward-chaining
+/// without labels.
+fn primary_fold_kind(s: &Samples, train: &[usize], folds: usize, seed: u64) -> FoldKind {
+    let Some(labels) = &s.labels else {
+        return FoldKind::ForwardChaining;
+    };
+    let k = device_folds(s, train, folds);
+    let groups: Vec<String> = train.iter().map(|&i| s.devices[i].clone()).collect();
+    let both_classes = |f: &Fold| {
+        let pos = f.train.iter().filter(|&&j| labels[train[j]]).count();
+        pos > 0 && pos < f.train.len()
+    };
+    match cv::group_kfold(&groups, k, seed) {
+        Ok(fs) if k >= 3 && fs.iter().all(both_classes) => FoldKind::ByDevice,
+        _ => FoldKind::Stratified,
+    }
 }
 
 fn default_rule(labelled: bool) -> ThresholdRule {
@@ -346,6 +400,10 @@ fn cross_validate(
             }),
         },
         FoldKind::KFold => cv::kfold(train.len(), opts.folds, opts.seed),
+        FoldKind::ByDevice => {
+            let g: Vec<String> = train.iter().map(|&i| s.devices[i].clone()).collect();
+            cv::group_kfold(&g, device_folds(s, train, opts.folds), opts.seed)
+        }
         FoldKind::ForwardChaining => {
             let t: Vec<i64> = train.iter().map(|&i| s.times[i]).collect();
             cv::forward_chaining(&t, opts.folds)
@@ -368,7 +426,9 @@ fn cross_validate(
             let te_labels = labels_of(&te);
             let rule = opts.threshold.unwrap_or(default_rule(tr_labels.is_some()));
             let th = threshold::choose(rule, &tr_scores, tr_labels.as_deref())?;
-            oof.extend(te.iter().copied().zip(te_scores.iter().copied()));
+            // On the family's shared scale (see `FittedModel::score_offset`).
+            let offset = m.score_offset();
+            oof.extend(te.iter().copied().zip(te_scores.iter().map(|v| v + offset)));
             let alarm_rate = te_labels.is_none().then(|| {
                 te_scores.iter().filter(|v| **v > th.value).count() as f64
                     / te_scores.len().max(1) as f64
@@ -441,30 +501,40 @@ pub fn train(opts: &TrainOptions, progress: &ProgressBar) -> Result<TrainOutcome
     progress.set_length((candidates.len() * opts.folds * 2) as u64);
     let mut results = Vec::new();
     let mut best: Option<BestCandidate> = None;
+    // Indices into `results` of the comparisons the choice is made on.
+    let mut primary_results = Vec::new();
+    // Families with the same window options share their samples.
+    let mut built: Vec<(WindowOptions, Samples, SampleStats)> = Vec::new();
     for &kind in &candidates {
         let w = window_options(opts, kind, &table);
-        let (samples, _) = dataset::build_samples(&table, &w)?;
+        if !built.iter().any(|(bw, _, _)| *bw == w) {
+            let (samples, stats) = dataset::build_samples(&table, &w)?;
+            built.push((w.clone(), samples, stats));
+        }
+        let Some((_, samples, _)) = built.iter().find(|(bw, _, _)| *bw == w) else {
+            continue;
+        };
         if samples.len() < 4 {
             return Err(TrainError::TooFewRows {
                 rows: samples.len(),
                 needed: 4,
             });
         }
-        let (train_idx, _, _) = holdout_split(&samples, opts.holdout, opts.seed);
-        let mut kinds = vec![if labelled {
-            FoldKind::Stratified
-        } else {
-            FoldKind::ForwardChaining
-        }];
+        let (train_idx, _, _) = holdout_split(samples, opts.holdout, opts.seed);
+        let primary_kind = primary_fold_kind(samples, &train_idx, opts.folds, opts.seed);
+        let mut kinds = vec![primary_kind];
         if kind == FamilyKind::Forecast {
             kinds = vec![FoldKind::KFold, FoldKind::ForwardChaining];
             if labelled {
-                kinds.insert(0, FoldKind::Stratified);
+                kinds.insert(0, primary_kind);
             }
         }
         for fk in kinds {
-            let (r, oof) = cross_validate(kind, fk, &samples, &train_idx, opts, progress);
-            let primary = fk == FoldKind::Stratified || !labelled;
+            let (r, oof) = cross_validate(kind, fk, samples, &train_idx, opts, progress);
+            let primary = fk == primary_kind || !labelled;
+            if primary {
+                primary_results.push(results.len());
+            }
             if primary && r.error.is_none() {
                 let f1 = r
                     .spread
@@ -483,7 +553,7 @@ pub fn train(opts: &TrainOptions, progress: &ProgressBar) -> Result<TrainOutcome
             results.push(r);
         }
     }
-    let Some((chosen, best_f1, _, oof)) = best else {
+    let Some((chosen, _, _, oof)) = best else {
         let why: Vec<String> = results
             .iter()
             .filter_map(|r| {
@@ -497,17 +567,14 @@ pub fn train(opts: &TrainOptions, progress: &ProgressBar) -> Result<TrainOutcome
             why.join("; ")
         )));
     };
-    let reason = match (opts.family, labelled) {
-        (Some(_), _) => format!("{} was named with --family.", chosen.name()),
-        (None, _) => format!(
-            "{} has the highest mean cross-validated F1 ({best_f1:.4}) among {} candidates (see the tables below).",
-            chosen.name(),
-            candidates.len()
-        ),
-    };
+    let compared: Vec<&FamilyResult> = primary_results.iter().map(|&i| &results[i]).collect();
+    let reason = super::report::selection_reason(chosen, &compared, opts.family.is_some());
     // Final fit.
     let w = window_options(opts, chosen, &table);
-    let (samples, sample_stats) = dataset::build_samples(&table, &w)?;
+    let (samples, sample_stats) = match built.into_iter().find(|(bw, _, _)| *bw == w) {
+        Some((_, samples, stats)) => (samples, stats),
+        None => dataset::build_samples(&table, &w)?,
+    };
     let (train_idx, test_idx, holdout) = holdout_split(&samples, opts.holdout, opts.seed);
     let (pipeline, model) = fit_on(chosen, &samples, &train_idx, opts)?;
     let rule = opts.threshold.unwrap_or(default_rule(labelled));
@@ -517,7 +584,9 @@ pub fn train(opts: &TrainOptions, progress: &ProgressBar) -> Result<TrainOutcome
         {
             let scores: Vec<f64> = oof.iter().map(|(_, s)| *s).collect();
             let labels: Vec<bool> = oof.iter().map(|(i, _)| l[*i]).collect();
-            threshold::choose(rule, &scores, Some(&labels))?
+            let mut th = threshold::choose(rule, &scores, Some(&labels))?;
+            th.value -= model.score_offset();
+            th
         }
         _ => {
             let tr_scores = score_rows(&pipeline, &model, &samples, &train_idx)?;

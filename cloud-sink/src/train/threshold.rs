@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
-use super::metrics::Confusion;
+use super::metrics;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "rule", content = "value")]
@@ -41,11 +41,32 @@ pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
     Some(v[lo] + (v[hi] - v[lo]) * (pos - lo as f64))
 }
 
-fn distinct_desc(scores: &[f64]) -> Vec<f64> {
-    let mut v = scores.to_vec();
-    v.sort_by(|a, b| b.total_cmp(a));
-    v.dedup();
-    v
+/// The best-F1 cut in one pass over the distinct scores from the highest
+/// down ([`metrics::cumulative`]): at each distinct score `s` the counts are
+/// those of "alarm on every score ≥ s", and the cut lies halfway to the next
+/// lower distinct score (below the lowest: just under it). The first cut with
+/// the highest F1 wins, i.e. the highest such cut. O(n log n).
+fn best_f1_cut(scores: &[f64], labels: &[bool]) -> f64 {
+    let n = scores.len().min(labels.len());
+    let pos = labels[..n].iter().filter(|&&l| l).count() as u64;
+    let points = metrics::cumulative(scores, labels);
+    let mut best = (f64::NEG_INFINITY, 0.0);
+    for (i, &(s, tp, fp)) in points.iter().enumerate() {
+        let cut = match points.get(i + 1) {
+            Some(&(next, _, _)) => next + (s - next) / 2.0,
+            None => s - s.abs().max(1.0) * 1e-3,
+        };
+        let den = 2 * tp + fp + (pos - tp);
+        let f1 = if den == 0 {
+            0.0
+        } else {
+            (2 * tp) as f64 / den as f64
+        };
+        if f1 > best.0 {
+            best = (f1, cut);
+        }
+    }
+    best.1
 }
 
 /// Chooses a threshold by `rule`. `labels` is required by `BestF1` and, when
@@ -88,22 +109,7 @@ pub fn choose(
                     what: "the best-F1 threshold",
                 });
             }
-            let d = distinct_desc(scores);
-            let mut best = (f64::NEG_INFINITY, 0.0);
-            for (i, s) in d.iter().enumerate() {
-                // Alarm on every score >= s: cut halfway to the next lower one.
-                let cut = match d.get(i + 1) {
-                    Some(next) => next + (s - next) / 2.0,
-                    None => s - s.abs().max(1.0) * 1e-3,
-                };
-                let f1 = Confusion::at_threshold(scores, labels, cut)
-                    .f1()
-                    .unwrap_or(0.0);
-                if f1 > best.0 {
-                    best = (f1, cut);
-                }
-            }
-            best.1
+            best_f1_cut(scores, labels)
         }
         ThresholdRule::TargetFalseAlarmRate(rate) => {
             if !(0.0..1.0).contains(&rate) {
@@ -128,4 +134,56 @@ pub fn choose(
         }
     };
     Ok(Threshold { value, rule })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::metrics::Confusion;
+
+    /// The definition: every halfway cut, F1 by a full confusion count each.
+    fn brute_force(scores: &[f64], labels: &[bool]) -> f64 {
+        let mut d = scores.to_vec();
+        d.sort_by(|a, b| b.total_cmp(a));
+        d.dedup();
+        let mut best = (f64::NEG_INFINITY, 0.0);
+        for (i, s) in d.iter().enumerate() {
+            let cut = match d.get(i + 1) {
+                Some(next) => next + (s - next) / 2.0,
+                None => s - s.abs().max(1.0) * 1e-3,
+            };
+            let f1 = Confusion::at_threshold(scores, labels, cut)
+                .f1()
+                .unwrap_or(0.0);
+            if f1 > best.0 {
+                best = (f1, cut);
+            }
+        }
+        best.1
+    }
+
+    #[test]
+    fn the_one_pass_best_f1_cut_is_the_brute_force_one() {
+        // A small LCG: ties (scores on a coarse grid) and both classes.
+        let mut x = 12_345u64;
+        let mut next = || {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (x >> 33) as f64 / (1u64 << 31) as f64
+        };
+        for round in 0..50 {
+            let n = 20 + round * 7;
+            let labels: Vec<bool> = (0..n).map(|_| next() < 0.2).collect();
+            let scores: Vec<f64> = labels
+                .iter()
+                .map(|&l| ((next() + if l { 0.5 } else { 0.0 }) * 20.0).round() / 20.0)
+                .collect();
+            if !labels.iter().any(|&l| l) || labels.iter().all(|&l| l) {
+                continue;
+            }
+            let got = choose(ThresholdRule::BestF1, &scores, Some(&labels))
+                .unwrap()
+                .value;
+            assert_eq!(got, brute_force(&scores, &labels), "round {round}");
+        }
+    }
 }
