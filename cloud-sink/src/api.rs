@@ -8,7 +8,8 @@
 //! | `POST /v1/alerts/{id}/label` | operator token; `{"true_alarm": bool, "by": "..."}` (`by` defaults to the operator's name) → 200 the alert with its label; 404 unknown alert |
 //! | `POST /v1/training/jobs` | operator token; `{"scope", "devices", "from", "to", "family", "window", "hop", "stats", "period"}` (all optional: the fleet, all data, `auto`, `train`'s defaults) → 202 the job, `Location` its URL; 503 + `Retry-After` when `training.queue_capacity` jobs already wait |
 //! | `GET /v1/training/jobs` | `{"jobs": [...], "count", "queued", "queue_capacity"}`, newest first (the last `training.keep_finished` finished jobs) |
-//! | `GET /v1/training/jobs/{id}` | one job: `state` (queued, running, succeeded, failed), `stage`, `stages` with times, `progress` (folds done/total), `labels`, `error`, `result` (model version, family, held-out metrics) |
+//! | `GET /v1/training/jobs/{id}` | one job: `state` (queued, running, succeeded, failed, cancelled), `stage`, `stages` with times, `progress` (folds done/total), `cancel_requested`, `labels`, `error`, `result` (model version, family, held-out metrics) |
+//! | `POST /v1/training/jobs/{id}/cancel` | operator token; no body → 200 the job, `cancelled`, when it was queued (it never runs); 202 the job, still `running` with `cancel_requested`, when it was running (it stops at the next fold boundary and ends `cancelled`, registering nothing); 409 when it has finished or is already registering; 404 unknown job |
 //! | `GET /v1/models` | `?scope=&limit=` → `{"models": [...], "count": n}`, the registry's versions, newest first |
 //! | `GET /v1/quarantine` | `?gateway=&reason=&limit=` → `{"entries": [...], "count": n}`, newest first (gateways with `storage.uplink_quarantine`) |
 //! | `GET /v1/gateways` | per-gateway counters → `{"gateways": [...]}` |
@@ -24,7 +25,8 @@
 //! 503 storage failure (retry later). 200 is sent only after the batch is
 //! committed to storage.
 //!
-//! The mutating routes other than ingest (training jobs, alert labels) need
+//! The mutating routes other than ingest (training jobs and their
+//! cancelling, alert labels) need
 //! an operator bearer token from `api.operator_tokens_file`, checked before
 //! the body is read: 403 when the sink has no operator tokens configured,
 //! 401 for a missing or unknown token. Their JSON bodies are at most
@@ -54,7 +56,7 @@ use crate::storage::{
     AlertId, AlertLabel, AlertQuery, GatewayStats, QuarantineQuery, ReadingQuery, Storage,
     StorageError, StoredAlert, StoredQuarantine, StoredReading,
 };
-use crate::train::jobs::{JobSpec, Jobs, SpecInput, SubmitError, Trigger};
+use crate::train::jobs::{CancelError, JobSpec, JobState, Jobs, SpecInput, SubmitError, Trigger};
 use crate::train::registry::Registry;
 
 /// Default and largest `limit` of `GET /v1/readings`.
@@ -114,6 +116,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/alerts/{id}/label", post(label_alert))
         .route("/v1/training/jobs", post(submit_job).get(list_jobs))
         .route("/v1/training/jobs/{id}", get(get_job))
+        .route("/v1/training/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/models", get(models))
         .route("/v1/quarantine", get(quarantine))
         .route("/v1/gateways", get(gateways))
@@ -922,6 +925,31 @@ async fn get_job(
     Ok(Json(job).into_response())
 }
 
+/// `POST /v1/training/jobs/{id}/cancel`: authorised as the other operator
+/// routes (403 / 401 before anything else).
+async fn cancel_job(
+    State(state): State<AppState>,
+    id: Result<Path<u64>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let operator = operator(&state, &headers)?;
+    let Path(id) = id.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let job = state.jobs.cancel(id, &operator).map_err(|e| {
+        let status = match e {
+            CancelError::NotFound(_) => StatusCode::NOT_FOUND,
+            CancelError::Finished { .. } | CancelError::Registering { .. } => StatusCode::CONFLICT,
+        };
+        ApiError::new(status, e.to_string())
+    })?;
+    // A running job stops at its next fold boundary: accepted, not done.
+    let status = if job.state == JobState::Cancelled {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(job)).into_response())
+}
+
 /// Query parameters of `GET /v1/models`.
 #[derive(Debug, Deserialize)]
 pub struct ModelsParams {
@@ -993,6 +1021,9 @@ fn route_label(path: &str) -> &'static str {
         return "/v1/alerts/{id}/label";
     }
     if path.starts_with("/v1/training/jobs/") {
+        if path.ends_with("/cancel") {
+            return "/v1/training/jobs/{id}/cancel";
+        }
         return "/v1/training/jobs/{id}";
     }
     match path {
@@ -1060,6 +1091,10 @@ mod tests {
         assert_eq!(
             route_label("/v1/training/jobs/17"),
             "/v1/training/jobs/{id}"
+        );
+        assert_eq!(
+            route_label("/v1/training/jobs/17/cancel"),
+            "/v1/training/jobs/{id}/cancel"
         );
         assert_eq!(
             route_label("/v1/alerts/gw:0:1/label"),

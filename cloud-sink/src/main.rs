@@ -212,9 +212,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         info!("Stopped.");
         Ok(())
     });
-    // A training job still on a blocking thread cannot be interrupted; do
-    // not wait for it (it has registered nothing unless it had reached that
-    // stage, and its state was only in memory).
+    // The sink's shutdown cancelled the training job and waited for it; a
+    // job that did not stop in time (one huge fold) is abandoned here. It
+    // has registered nothing: a cancelled job never reaches registration.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
 }

@@ -7,7 +7,8 @@
 //! - `outpost_sink_ingest_seconds` — time from request to commit, accepted batches only.
 //! - `outpost_sink_http_requests_total{path,status}` — every HTTP response.
 //! - `outpost_sink_training_jobs_total{outcome}` — training jobs `accepted`,
-//!   `refused` (queue full), `succeeded`, `failed`.
+//!   `refused` (queue full), `succeeded`, `failed`, `cancelled` (by an
+//!   operator or the shutdown, queued or running).
 //! - `outpost_sink_operator_labels_total{verdict}` — operator labels on
 //!   alerts, `true_alarm` or `false_alarm`.
 
@@ -111,7 +112,7 @@ impl Metrics {
         let training_jobs = Family::<OneLabel, Counter>::default();
         registry.register(
             "outpost_sink_training_jobs",
-            "Training jobs by outcome (accepted, refused, succeeded, failed)",
+            "Training jobs by outcome (accepted, refused, succeeded, failed, cancelled)",
             training_jobs.clone(),
         );
         let operator_labels = Family::<OneLabel, Counter>::default();
@@ -152,7 +153,8 @@ impl Metrics {
             .inc();
     }
 
-    /// A training job `accepted`, `refused`, `succeeded` or `failed`.
+    /// A training job `accepted`, `refused`, `succeeded`, `failed` or
+    /// `cancelled`.
     pub fn training_job(&self, outcome: &'static str) {
         self.training_jobs
             .get_or_create(&[("outcome", outcome)])

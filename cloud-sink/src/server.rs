@@ -5,7 +5,8 @@
 //! when it gets a [`RunningSink`]. Integration tests use it with `127.0.0.1:0`.
 //! It also starts the training worker and one scheduler task per
 //! `[[training.schedule]]` entry ([`crate::train::jobs`]); shutting down
-//! stops them (a job in its training stage is abandoned at the next stage).
+//! stops them (the running job is cancelled through its `CancelToken`: it
+//! stops at its next fold boundary or stage change, and shutdown waits for it).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -89,9 +90,23 @@ impl RunningSink {
     /// [`RunningSink::shutdown`] with an explicit grace period.
     pub async fn shutdown_within(self, grace: Duration) -> Result<(), SinkError> {
         self.handle.graceful_shutdown(Some(grace));
+        // Refuses new jobs and cancels the queued and running ones; the
+        // running one stops at its next fold boundary or stage change.
         self.jobs.close();
-        for task in &self.training {
+        let mut training = self.training.into_iter();
+        // The worker (spawned first) ends once its job has stopped; the
+        // schedulers only wait for their next tick. One fold on very large
+        // data can take long: wait at most the grace period (10 s at least).
+        let worker = training.next();
+        for task in training {
             task.abort();
+        }
+        if let Some(worker) = worker
+            && tokio::time::timeout(grace.max(Duration::from_secs(10)), worker)
+                .await
+                .is_err()
+        {
+            tracing::warn!("the training job did not stop within the grace period; abandoning it");
         }
         match self.task.await {
             Ok(Ok(())) => Ok(()),

@@ -103,14 +103,7 @@ async fn a_wiped_gateway_restarting_its_sequence_in_a_new_epoch_loses_nothing() 
     let (_, r3) = post(&c, &sink.url, Some(&token), &reused).await;
     assert_eq!(r3, serde_json::json!({"stored": 5, "duplicates": 0}));
     assert_eq!(readings_count(&c, &sink.url).await, 15);
-    let metrics = c
-        .get(format!("{}/metrics", sink.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&c, &sink.url).await;
     assert!(
         metrics.contains("outpost_sink_seq_conflicts_total 5"),
         "{metrics}"
@@ -222,9 +215,8 @@ async fn a_body_over_the_size_limit_is_413_and_a_batch_over_the_record_limit_too
     let mut config = config_in(dir.path());
     config.limits.max_body_bytes = bytesize::ByteSize::kib(4);
     config.limits.max_records_per_batch = 50;
-    let token = cloud_sink::admin::add_gateway(&config, "gw-a").unwrap();
-    let sink = cloud_sink::spawn(config).await.unwrap();
-    let url = sink.url();
+    let (_sink, url, tokens) = spawn_with_gateways(&config, &["gw-a"], None).await;
+    let token = tokens[0].clone();
     let c = client();
 
     // Declared length over the limit: refused without reading the body.
@@ -296,14 +288,7 @@ async fn health_metrics_and_bad_queries_answer_as_documented() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(health["status"], "ok");
 
-    let text = c
-        .get(format!("{}/metrics", sink.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&c, &sink.url).await;
     for needle in [
         "outpost_sink_batches_total{outcome=\"stored\"} 2",
         "outpost_sink_batches_total{outcome=\"unauthorized\"} 1",

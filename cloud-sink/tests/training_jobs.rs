@@ -10,27 +10,23 @@ use std::time::{Duration, Instant};
 
 use cloud_sink::Config;
 use cloud_sink::auth::{OperatorTokens, TokenHash};
+use cloud_sink::metrics::Metrics;
 use cloud_sink::storage::sqlite::SqliteStorage;
 use cloud_sink::storage::{
     Activity, AlertId, AlertLabel, AlertQuery, AlertSpan, GatewayStats, IngestOutcome,
     QuarantineQuery, ReadingQuery, Storage, StorageError, StoredAlert, StoredQuarantine,
     StoredReading, Totals,
 };
-use common::{client, config_in, get_json, post};
-use protocol::batch::{OutboxItem, OutboxRecord};
-use protocol::{Reading, Timestamp, UplinkBatch};
+use cloud_sink::train::jobs::{JobSpec, JobState, Jobs, Settings, SpecInput, SubmitError, Trigger};
+use common::{
+    alert, at, batch_of, client, config_in, get_json, metrics_text, post, spawn_with_gateways,
+};
+use protocol::batch::OutboxItem;
+use protocol::{Reading, UplinkBatch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-/// 2026-01-01T00:00:00Z, in seconds.
-const T0: i64 = 1_767_225_600;
-const SECOND: i64 = 1_000_000_000;
-
-fn at(second: i64) -> Timestamp {
-    Timestamp((T0 + second) * SECOND)
-}
 
 fn normal(rng: &mut StdRng) -> f64 {
     let u1: f64 = rng.random_range(1e-12..1.0);
@@ -67,35 +63,10 @@ fn readings(devices: &[&str], frames: i64, anomalies: &[(&str, i64, i64)]) -> Ve
     out
 }
 
-fn alert(device: &str, from: i64, to: i64) -> protocol::alert::Alert {
-    protocol::alert::Alert {
-        device: device.into(),
-        start: at(from),
-        end: at(to),
-        score: 12.0,
-        threshold: 8.0,
-        model: "fallback".into(),
-        model_version: 0,
-        channels: Vec::new(),
-        raised: at(to),
-    }
-}
-
-/// One batch of items with consecutive sequence numbers from `first_seq`.
-fn batch(first_seq: u64, items: Vec<OutboxItem>) -> UplinkBatch {
-    let records = items
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| OutboxRecord {
-            seq: first_seq + i as u64,
-            item,
-        })
-        .collect();
-    UplinkBatch::new("gw-a", records).unwrap()
-}
-
 struct Sink {
     _dir: tempfile::TempDir,
+    /// Where the sink's jobs write model directories.
+    models_dir: std::path::PathBuf,
     sink: cloud_sink::RunningSink,
     url: String,
     gateway: String,
@@ -110,7 +81,7 @@ impl Sink {
             &client(),
             &self.url,
             Some(&self.gateway),
-            &batch(self.next_seq, items),
+            &batch_of("gw-a", self.next_seq, items),
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -139,14 +110,12 @@ async fn start_with(
     operator: String,
     storage: Option<Arc<dyn Storage>>,
 ) -> Sink {
-    let gateway = cloud_sink::admin::add_gateway(&config, "gw-a").unwrap();
-    let sink = match storage {
-        None => cloud_sink::spawn(config).await.unwrap(),
-        Some(s) => cloud_sink::spawn_with_storage(config, s).await.unwrap(),
-    };
-    let url = sink.url();
+    let models_dir = config.models_dir().unwrap();
+    let (sink, url, mut tokens) = spawn_with_gateways(&config, &["gw-a"], storage).await;
+    let gateway = tokens.remove(0);
     Sink {
         _dir: dir,
+        models_dir,
         sink,
         url,
         gateway,
@@ -216,7 +185,26 @@ async fn wait_job(sink: &Sink, id: u64, within: Duration, done: impl Fn(&Value) 
 }
 
 fn finished(j: &Value) -> bool {
-    j["state"] == "succeeded" || j["state"] == "failed"
+    j["state"] == "succeeded" || j["state"] == "failed" || j["state"] == "cancelled"
+}
+
+/// `POST /v1/training/jobs/{id}/cancel` with the operator's token.
+async fn cancel(sink: &Sink, id: u64) -> (StatusCode, Value) {
+    post_json(
+        &format!("{}/v1/training/jobs/{id}/cancel", sink.url),
+        Some(&sink.operator),
+        &Value::Null,
+    )
+    .await
+}
+
+fn stages(j: &Value) -> Vec<&str> {
+    j["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect()
 }
 
 async fn jobs(sink: &Sink) -> Vec<Value> {
@@ -226,14 +214,7 @@ async fn jobs(sink: &Sink) -> Vec<Value> {
 }
 
 async fn metrics(sink: &Sink) -> String {
-    client()
-        .get(format!("{}/metrics", sink.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    metrics_text(&client(), &sink.url).await
 }
 
 const DEVICES: [&str; 4] = ["pump-0", "pump-1", "pump-2", "pump-3"];
@@ -297,10 +278,7 @@ async fn a_job_trains_in_the_background_and_its_model_becomes_the_first_producti
     assert_eq!(done["stage"], "succeeded");
     let progress = &done["progress"];
     assert!(progress["done"].as_u64().unwrap() >= 5, "{progress}");
-    assert!(
-        progress["total"].as_u64().unwrap() >= progress["done"].as_u64().unwrap(),
-        "{progress}"
-    );
+    assert_eq!(progress["done"], progress["total"], "{progress}");
     for key in ["created", "started", "finished"] {
         assert!(done[key].is_string(), "{key}: {done:#}");
     }
@@ -320,6 +298,13 @@ async fn a_job_trains_in_the_background_and_its_model_becomes_the_first_producti
         );
     }
     assert!(!artifact.join("training-data.csv").exists());
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(artifact.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        report["data"]["inputs"],
+        json!(["sink storage: scope fleet (every device), every stored reading"])
+    );
 
     let (_, models) = get_json(&client(), &format!("{}/v1/models", sink.url)).await;
     assert_eq!(models["count"], 1, "{models:#}");
@@ -408,6 +393,7 @@ async fn operator_routes_need_a_configured_operator_token() {
     let closed = start_with(dir, config, String::new(), None).await;
     for (path, body) in [
         ("/v1/training/jobs", json!({"family": "gaussian"})),
+        ("/v1/training/jobs/1/cancel", Value::Null),
         ("/v1/alerts/gw-a:0:1/label", json!({"true_alarm": true})),
     ] {
         for token in [None, Some("whatever")] {
@@ -431,6 +417,7 @@ async fn operator_routes_need_a_configured_operator_token() {
     let wrong = "0".repeat(64);
     for (path, body) in [
         ("/v1/training/jobs", json!({"family": "gaussian"})),
+        ("/v1/training/jobs/1/cancel", Value::Null),
         ("/v1/alerts/gw-a:0:1/label", json!({"true_alarm": true})),
     ] {
         for token in [None, Some(wrong.as_str()), Some(open.gateway.as_str())] {
@@ -448,12 +435,14 @@ async fn operator_routes_need_a_configured_operator_token() {
     }
     assert!(jobs(&open).await.is_empty());
     let text = metrics(&open).await;
-    assert!(
-        text.contains(
-            "outpost_sink_http_requests_total{path=\"/v1/training/jobs\",status=\"401\"} 3"
-        ),
-        "{text}"
-    );
+    for path in ["/v1/training/jobs", "/v1/training/jobs/{id}/cancel"] {
+        assert!(
+            text.contains(&format!(
+                "outpost_sink_http_requests_total{{path=\"{path}\",status=\"401\"}} 3"
+            )),
+            "{text}"
+        );
+    }
     // The right token gets through; no body at all means every default.
     let resp = client()
         .post(format!("{}/v1/training/jobs", open.url))
@@ -767,6 +756,220 @@ async fn a_full_queue_refuses_jobs_with_503_and_accepts_again_once_it_drains() {
             .await
             .contains("outpost_sink_training_jobs_total{outcome=\"refused\"} 1")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_queued_job_never_runs_and_finished_or_unknown_jobs_are_not_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, token) = config_with_operator(dir.path());
+    config.training.queue_capacity = 1;
+    let gated = Arc::new(GatedStorage {
+        inner: SqliteStorage::open(&dir.path().join("sink.db"), Duration::from_secs(5)).unwrap(),
+        open: Mutex::new(false),
+        changed: Condvar::new(),
+    });
+    let sink = start_with(dir, config, token, Some(gated.clone() as Arc<dyn Storage>)).await;
+
+    let running = submit(&sink, json!({"family": "gaussian"})).await;
+    wait_job(&sink, running, Duration::from_secs(30), |j| {
+        j["state"] == "running" && j["stage"] == "loading"
+    })
+    .await;
+    let queued = submit(&sink, json!({"family": "gaussian"})).await;
+    let (status, cancelled) = cancel(&sink, queued).await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    assert_eq!(
+        (&cancelled["state"], &cancelled["stage"]),
+        (&json!("cancelled"), &json!("cancelled")),
+        "{cancelled:#}"
+    );
+    assert_eq!(cancelled["cancel_requested"], true);
+    assert_eq!(cancelled["error"]["code"], "cancelled");
+    assert_eq!(
+        cancelled["error"]["message"], "cancelled by operator ann",
+        "{cancelled:#}"
+    );
+    assert!(cancelled["finished"].is_string(), "{cancelled:#}");
+    // Its place in the queue (capacity 1) is free again.
+    let next = submit(&sink, json!({"family": "gaussian"})).await;
+
+    // A finished job (cancelled, here) is 409; an unknown one 404.
+    let (status, err) = cancel(&sink, queued).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains(&format!(
+            "training job {queued} has already finished (cancelled)"
+        )),
+        "{err}"
+    );
+    let (status, err) = cancel(&sink, 999).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("no training job 999"),
+        "{err}"
+    );
+    let (status, err) = post_json(
+        &format!("{}/v1/training/jobs/abc/cancel", sink.url),
+        Some(&sink.operator),
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+
+    gated.release();
+    for id in [running, next] {
+        let j = wait_job(&sink, id, Duration::from_secs(60), finished).await;
+        assert_eq!(j["error"]["code"], "no_data", "{j:#}");
+    }
+    // The cancelled job never ran.
+    let never = job(&sink, queued).await;
+    assert_eq!(stages(&never), ["queued", "cancelled"], "{never:#}");
+    assert_eq!(never["started"], Value::Null);
+    assert_eq!(never["progress"], Value::Null);
+    let (status, err) = cancel(&sink, running).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("(failed)"), "{err}");
+    let text = metrics(&sink).await;
+    for needle in [
+        "outpost_sink_training_jobs_total{outcome=\"accepted\"} 3",
+        "outpost_sink_training_jobs_total{outcome=\"cancelled\"} 1",
+        "outpost_sink_training_jobs_total{outcome=\"failed\"} 2",
+        "outpost_sink_http_requests_total{path=\"/v1/training/jobs/{id}/cancel\",status=\"409\"} 2",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_running_job_stops_at_a_fold_boundary_and_registers_nothing() {
+    let mut sink = start(|_| {}).await;
+    // Enough data that the autoencoder's folds keep it in `training` for a
+    // while (it would take many folds to finish).
+    sink.send_readings(readings(&DEVICES[..3], 1500, &[])).await;
+    let id = submit(&sink, json!({"family": "autoencoder"})).await;
+    let started = Instant::now();
+    let running = wait_job(&sink, id, Duration::from_secs(120), |j| {
+        j["stage"] == "training" || finished(j)
+    })
+    .await;
+    assert_eq!(running["stage"], "training", "{running:#}");
+    let (status, asked) = cancel(&sink, id).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{asked}");
+    assert_eq!(asked["state"], "running", "{asked:#}");
+    assert_eq!(asked["cancel_requested"], true);
+    let asked_at = Instant::now();
+    let done = wait_job(&sink, id, Duration::from_secs(120), finished).await;
+    eprintln!(
+        "training for {:?} before the cancel, stopped {:?} after it",
+        asked_at - started,
+        asked_at.elapsed()
+    );
+    assert_eq!(done["state"], "cancelled", "{done:#}");
+    assert_eq!(done["error"]["code"], "cancelled");
+    assert_eq!(done["error"]["message"], "cancelled by operator ann");
+    let stages = stages(&done);
+    assert_eq!(
+        stages[stages.len() - 2..],
+        ["training", "cancelled"],
+        "{done:#}"
+    );
+    assert!(!stages.contains(&"exporting"), "{done:#}");
+    let progress = &done["progress"];
+    assert!(
+        progress["done"].as_u64().unwrap() < progress["total"].as_u64().unwrap(),
+        "stopped before the last fold: {progress}"
+    );
+    assert_eq!(done["result"], Value::Null);
+
+    // Nothing registered, nothing left on disk.
+    let (_, models) = get_json(&client(), &format!("{}/v1/models", sink.url)).await;
+    assert_eq!(models["count"], 0, "{models:#}");
+    let left: Vec<_> = std::fs::read_dir(&sink.models_dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    let (status, _) = cancel(&sink, id).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        metrics(&sink)
+            .await
+            .contains("outpost_sink_training_jobs_total{outcome=\"cancelled\"} 1")
+    );
+    sink.sink.shutdown().await.unwrap();
+}
+
+/// What the sink's shutdown does to its jobs ([`Jobs::close`]), on the jobs
+/// directly: the server aborts its tasks, so its API cannot show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_jobs_cancels_the_running_job_through_its_token_and_the_worker_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path());
+    let storage =
+        Arc::new(SqliteStorage::open(&dir.path().join("sink.db"), Duration::from_secs(5)).unwrap());
+    storage
+        .add_gateway("gw-a", &cloud_sink::auth::hash_token("t"))
+        .unwrap();
+    let items = readings(&DEVICES[..3], 1500, &[])
+        .into_iter()
+        .map(OutboxItem::Reading)
+        .collect();
+    storage.ingest("gw-a", &batch_of("gw-a", 1, items)).unwrap();
+    let jobs = Jobs::new(
+        storage,
+        Arc::new(Metrics::new()),
+        Settings {
+            db_path: dir.path().join("sink.db"),
+            models_dir: config.models_dir().unwrap(),
+            queue_capacity: 4,
+            keep_finished: 10,
+            max_readings: config.training.max_readings,
+            default_period: config.training.period,
+            margin: config.training.margin,
+        },
+    );
+    let worker = jobs.spawn_worker();
+    let spec = JobSpec::check(
+        &SpecInput {
+            scope: "fleet",
+            family: Some("autoencoder"),
+            ..SpecInput::default()
+        },
+        config.training.period,
+    )
+    .unwrap();
+    let ann = || Trigger::Api {
+        operator: "ann".into(),
+    };
+    let running = jobs.submit(spec.clone(), ann()).unwrap().id;
+    let queued = jobs.submit(spec.clone(), ann()).unwrap().id;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while jobs.get(running).unwrap().stage != "training" {
+        assert!(Instant::now() < deadline, "{:#?}", jobs.get(running));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    jobs.close();
+    tokio::time::timeout(Duration::from_secs(60), worker)
+        .await
+        .expect("the worker ends once its job has stopped")
+        .unwrap();
+    let stopped = jobs.get(running).unwrap();
+    assert_eq!(stopped.state, JobState::Cancelled, "{stopped:#?}");
+    let error = stopped.error.as_ref().unwrap();
+    assert_eq!(
+        (error.code, error.message.as_str()),
+        ("cancelled", "cancelled: the sink is shutting down")
+    );
+    let stages: Vec<&str> = stopped.stages.iter().map(|s| s.stage).collect();
+    assert_eq!(stages[stages.len() - 2..], ["training", "cancelled"]);
+    let never = jobs.get(queued).unwrap();
+    assert_eq!(never.state, JobState::Cancelled);
+    assert_eq!(never.started, None);
+    assert_eq!(jobs.submit(spec, ann()).unwrap_err(), SubmitError::Closed);
+    assert!(!config.models_dir().unwrap().join("fleet").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -680,6 +680,25 @@ mod tests {
         UplinkBatch::new(gateway, records).unwrap()
     }
 
+    /// An edge alert of `device` from `start_s` for 30 s, with one
+    /// contributing channel.
+    fn alert(device: &str, start_s: i64) -> protocol::alert::Alert {
+        protocol::alert::Alert {
+            device: device.into(),
+            start: Timestamp(start_s * 1_000_000_000),
+            end: Timestamp((start_s + 30) * 1_000_000_000),
+            score: 12.5,
+            threshold: 8.0,
+            model: "fallback".into(),
+            model_version: 0,
+            channels: vec![protocol::alert::Contribution {
+                channel: "current".into(),
+                z: 12.5,
+            }],
+            raised: Timestamp(1),
+        }
+    }
+
     fn open() -> (tempfile::TempDir, SqliteStorage) {
         let dir = tempfile::tempdir().unwrap();
         let storage =
@@ -743,26 +762,9 @@ mod tests {
     #[test]
     fn alerts_are_stored_once_per_outbox_seq_and_queried_by_device_and_start() {
         let (_dir, storage) = open();
-        let alert = |device: &str, start_s: i64| protocol::alert::Alert {
-            device: device.into(),
-            start: Timestamp(start_s * 1_000_000_000),
-            end: Timestamp((start_s + 30) * 1_000_000_000),
-            score: 12.5,
-            threshold: 8.0,
-            model: "fallback".into(),
-            model_version: 0,
-            channels: vec![protocol::alert::Contribution {
-                channel: "current".into(),
-                z: 12.5,
-            }],
-            raised: Timestamp(1),
-        };
         let mut records = batch("gw", 1..=2, 0).records;
         for (seq, (d, t)) in [(3, ("pump-1", 100)), (4, ("pump-2", 50))] {
-            records.push(OutboxRecord {
-                seq,
-                item: OutboxItem::Alert(alert(d, t)),
-            });
+            records.push(alert_record(seq, d, t));
         }
         let b = UplinkBatch::new("gw", records).unwrap();
         assert_eq!(storage.ingest("gw", &b).unwrap().alerts, 2);
@@ -908,17 +910,7 @@ mod tests {
     fn alert_record(seq: u64, device: &str, start_s: i64) -> OutboxRecord {
         OutboxRecord {
             seq,
-            item: OutboxItem::Alert(protocol::alert::Alert {
-                device: device.into(),
-                start: Timestamp(start_s * 1_000_000_000),
-                end: Timestamp((start_s + 30) * 1_000_000_000),
-                score: 12.5,
-                threshold: 8.0,
-                model: "fallback".into(),
-                model_version: 0,
-                channels: Vec::new(),
-                raised: Timestamp(1),
-            }),
+            item: OutboxItem::Alert(alert(device, start_s)),
         }
     }
 

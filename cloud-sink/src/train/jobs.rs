@@ -13,14 +13,27 @@
 //! 2. `loading` — readings → frames ([`dataset::load_storage`]);
 //! 3. `labelling` — operator verdicts on alerts become frame labels
 //!    ([`apply_operator_labels`]);
-//! 4. `training` — [`run::train`] on a blocking thread, with progress (folds
-//!    done / total and the current fold) read from its hidden `ProgressBar`;
+//! 4. `training` — [`run::train_table`] on the frame table in memory, on a
+//!    blocking thread, with progress (folds done / total and the current
+//!    fold) read from its hidden `ProgressBar`; `total` is the number of
+//!    folds that will run, and `done` reaches it when training ends;
 //! 5. `exporting` — ONNX export and the tract round-trip check, then
 //!    `model.json` and the reports, into `training.models_dir/<scope>/<time>-job<id>`;
 //! 6. `registering` — a registry version and champion/challenger;
 //!
-//! and then `succeeded` or `failed` (with an error code and message). A job
-//! that fails leaves no model directory behind.
+//! and then `succeeded`, `failed` (with an error code and message) or
+//! `cancelled`. A job that fails or is cancelled leaves no model directory
+//! behind and registers nothing.
+//!
+//! **Cancelling** ([`Jobs::cancel`], `POST /v1/training/jobs/{id}/cancel`).
+//! A queued job is cancelled at once and never runs. A running job gets its
+//! [`CancelToken`] cancelled: training stops at the next fold boundary
+//! ([`run::train_table`] checks the token before every fold), the other
+//! stages at their next stage change, and the job ends in `cancelled`. Once
+//! a job is `registering` it can no longer be cancelled (the stage change
+//! and the cancel request are decided under one lock); a finished job
+//! neither. Shutting the sink down ([`Jobs::close`]) cancels the queued
+//! jobs and the running one the same way.
 //!
 //! **Bounds.** At most `training.queue_capacity` jobs wait; one more is
 //! refused ([`SubmitError::QueueFull`], HTTP 503 with `Retry-After`) rather
@@ -31,12 +44,12 @@
 //! most `training.max_readings` readings and fails, asking for a narrower
 //! range, beyond that.
 //!
-//! **Training from storage.** [`run::train`] reads files, so the job writes
-//! the frame table as a CSV file (`training-data.csv`: RFC 3339 times,
-//! exact shortest-round-trip numbers, empty cells where a channel is
-//! missing) into the model directory, trains on it and deletes it. The CSV
-//! reader gives back the same table (rows, channels, labels; the period is
-//! inferred from the grid).
+//! **Training from storage.** The job trains on the frame table it read
+//! from storage and labelled, in memory ([`run::train_table`]); nothing is
+//! written before the `exporting` stage. The training report's
+//! `data.inputs` names the source ([`source_description`]), e.g. `sink
+//! storage: scope pump-0001, readings in [2026-01-01T00:00:00.000000000Z,
+//! 2026-01-02T00:00:00.000000000Z)`.
 //!
 //! # Operator labels ([`apply_operator_labels`])
 //! Alerts an operator marked `true_alarm = true` label the frames of their
@@ -75,7 +88,7 @@ use super::dataset::{self, ColumnOptions, Table};
 use super::families::{FamilyKind, HyperParams};
 use super::metrics::BinaryMetrics;
 use super::registry::{self, Registry};
-use super::run::{self, TrainOptions};
+use super::run::{self, CancelToken, TrainOptions, TrainOutcome, TrainTableError};
 use crate::metrics::Metrics;
 use crate::storage::{AlertSpan, ReadingQuery, Storage};
 
@@ -312,6 +325,40 @@ pub enum JobState {
     Running,
     Succeeded,
     Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The error code of a cancelled job.
+pub const CANCELLED: &str = "cancelled";
+
+/// Why a job could not be cancelled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CancelError {
+    #[error(
+        "no training job {0} (finished jobs are kept up to training.keep_finished, and not across restarts)"
+    )]
+    NotFound(u64),
+    #[error(
+        "training job {id} has already finished ({}); only queued and running jobs can be cancelled",
+        .state.as_str()
+    )]
+    Finished { id: u64, state: JobState },
+    #[error(
+        "training job {id} is registering its model; it is too late to cancel it (retire the version in the registry instead)"
+    )]
+    Registering { id: u64 },
 }
 
 /// Why a job was not accepted.
@@ -391,7 +438,8 @@ pub struct JobResult {
 pub struct Progress {
     /// Folds validated so far.
     pub done: u64,
-    /// Folds planned (an upper bound: a family that fails stops early).
+    /// Folds that will run: `done` reaches it when training ends (a family
+    /// that fails is taken off by the folds it skips).
     pub total: Option<u64>,
     /// The current family, fold kind and fold.
     pub message: String,
@@ -422,6 +470,8 @@ pub struct JobView {
     pub stats: Vec<&'static str>,
     pub period: String,
     pub progress: Option<Progress>,
+    /// Whether the job was asked to stop (by an operator or the shutdown).
+    pub cancel_requested: bool,
     /// Every stage reached, in order, with its start time.
     pub stages: Vec<StageMark>,
     pub created: String,
@@ -442,6 +492,10 @@ struct Job {
     started_ns: Option<i64>,
     finished_ns: Option<i64>,
     bar: Option<ProgressBar>,
+    cancel: CancelToken,
+    /// The operator who cancelled it; `None` with a cancelled token: the
+    /// sink's shutdown.
+    cancelled_by: Option<String>,
     error: Option<JobError>,
     labels: Option<LabelSummary>,
     result: Option<JobResult>,
@@ -472,6 +526,7 @@ impl Job {
                 total: b.length().filter(|l| *l > 0),
                 message: b.message(),
             }),
+            cancel_requested: self.cancel.is_cancelled(),
             stages: self
                 .stages
                 .iter()
@@ -491,6 +546,23 @@ impl Job {
 
     fn pending(&self) -> bool {
         matches!(self.state, JobState::Queued | JobState::Running)
+    }
+
+    /// Why it stopped, once its token is cancelled.
+    fn cancelled_error(&self) -> JobError {
+        match &self.cancelled_by {
+            Some(operator) => JobError::new(CANCELLED, format!("cancelled by operator {operator}")),
+            None => JobError::new(CANCELLED, "cancelled: the sink is shutting down"),
+        }
+    }
+
+    /// Ends a queued job as cancelled.
+    fn cancel_queued(&mut self, now: i64) {
+        self.cancel.cancel();
+        self.state = JobState::Cancelled;
+        self.finished_ns = Some(now);
+        self.stages.push(("cancelled", now));
+        self.error = Some(self.cancelled_error());
     }
 }
 
@@ -593,6 +665,8 @@ impl Jobs {
                 started_ns: None,
                 finished_ns: None,
                 bar: None,
+                cancel: CancelToken::new(),
+                cancelled_by: None,
                 error: None,
                 labels: None,
                 result: None,
@@ -635,21 +709,72 @@ impl Jobs {
         self.lock().last_started.get(scope).copied()
     }
 
-    /// Refuses new jobs and stops the worker after its current stage.
-    pub fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        self.wake.notify_one();
-    }
-
-    fn closed(&self) -> Result<(), JobError> {
-        if self.closed.load(Ordering::SeqCst) {
-            Err(JobError::new("shutdown", "the sink is shutting down"))
-        } else {
-            Ok(())
+    /// Cancels job `id` on behalf of `operator` (see the module docs): a
+    /// queued job ends `cancelled` now; a running one is asked to stop and
+    /// ends `cancelled` at its next fold boundary or stage change (the view
+    /// returned still says `running`, with `cancel_requested`).
+    pub fn cancel(&self, id: u64, operator: &str) -> Result<JobView, CancelError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let job = inner.jobs.get_mut(&id).ok_or(CancelError::NotFound(id))?;
+        match job.state {
+            JobState::Queued => {
+                job.cancelled_by = Some(operator.to_owned());
+                job.cancel_queued(Timestamp::now().as_nanos());
+                let view = job.view();
+                inner.queue.retain(|&q| q != id);
+                self.evict_finished(inner);
+                drop(guard);
+                self.metrics.training_job("cancelled");
+                info!(job = id, scope = %view.scope, operator, "Queued training job cancelled.");
+                Ok(view)
+            }
+            JobState::Running => {
+                if job.stages.last().is_some_and(|s| s.0 == "registering") {
+                    return Err(CancelError::Registering { id });
+                }
+                if !job.cancel.is_cancelled() {
+                    job.cancelled_by = Some(operator.to_owned());
+                    job.cancel.cancel();
+                    info!(job = id, scope = %job.spec.scope, operator, "Running training job asked to stop.");
+                }
+                Ok(job.view())
+            }
+            state => Err(CancelError::Finished { id, state }),
         }
     }
 
-    fn start_next(&self) -> Option<(u64, JobSpec, ProgressBar)> {
+    /// Refuses new jobs, cancels the queued jobs and the running one (which
+    /// stops at its next fold boundary or stage change, through the same
+    /// [`CancelToken`] as [`Jobs::cancel`]), and stops the worker once that
+    /// job has ended.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let mut cancelled = 0;
+        {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let now = Timestamp::now().as_nanos();
+            for id in std::mem::take(&mut inner.queue) {
+                if let Some(job) = inner.jobs.get_mut(&id) {
+                    job.cancel_queued(now);
+                    cancelled += 1;
+                }
+            }
+            for job in inner.jobs.values() {
+                if job.state == JobState::Running && !job.cancel.is_cancelled() {
+                    info!(job = job.id, scope = %job.spec.scope, "Shutting down: the running training job is asked to stop.");
+                    job.cancel.cancel();
+                }
+            }
+        }
+        for _ in 0..cancelled {
+            self.metrics.training_job("cancelled");
+        }
+        self.wake.notify_one();
+    }
+
+    fn start_next(&self) -> Option<(u64, JobSpec, ProgressBar, CancelToken)> {
         let mut inner = self.lock();
         let id = inner.queue.pop_front()?;
         let now = Timestamp::now().as_nanos();
@@ -659,17 +784,61 @@ impl Jobs {
         job.started_ns = Some(now);
         job.bar = Some(bar.clone());
         let spec = job.spec.clone();
+        let cancel = job.cancel.clone();
         if inner.tracked.contains(&spec.scope) {
             inner.last_started.insert(spec.scope.clone(), now);
         }
-        Some((id, spec, bar))
+        Some((id, spec, bar, cancel))
     }
 
-    fn stage(&self, id: u64, spec: &JobSpec, stage: &'static str) {
-        if let Some(job) = self.lock().jobs.get_mut(&id) {
-            job.stages.push((stage, Timestamp::now().as_nanos()));
+    /// Enters `stage`, unless the job was cancelled: then its error. Decided
+    /// under the lock [`Jobs::cancel`] takes, so a cancel request either
+    /// comes before the stage change (and stops the job) or sees the new
+    /// stage.
+    fn stage(
+        &self,
+        id: u64,
+        spec: &JobSpec,
+        stage: &'static str,
+        cancel: &CancelToken,
+    ) -> Result<(), JobError> {
+        {
+            let mut inner = self.lock();
+            let job = inner.jobs.get_mut(&id);
+            if cancel.is_cancelled() {
+                return Err(job.map_or_else(
+                    || JobError::new(CANCELLED, "cancelled"),
+                    |j| j.cancelled_error(),
+                ));
+            }
+            if let Some(job) = job {
+                job.stages.push((stage, Timestamp::now().as_nanos()));
+            }
         }
         info!(job = id, scope = %spec.scope, stage, "Training job stage.");
+        Ok(())
+    }
+
+    /// The error of job `id`, cancelled.
+    fn cancelled(&self, id: u64) -> JobError {
+        self.lock().jobs.get(&id).map_or_else(
+            || JobError::new(CANCELLED, "cancelled"),
+            Job::cancelled_error,
+        )
+    }
+
+    /// Forgets the oldest finished jobs beyond `keep_finished`.
+    fn evict_finished(&self, inner: &mut Inner) {
+        let finished: Vec<u64> = inner
+            .jobs
+            .values()
+            .filter(|j| !j.pending())
+            .map(|j| j.id)
+            .collect();
+        let excess = finished.len().saturating_sub(self.settings.keep_finished);
+        for old in &finished[..excess] {
+            inner.jobs.remove(old);
+        }
     }
 
     fn finish(&self, id: u64, result: Result<JobResult, JobError>) {
@@ -697,6 +866,13 @@ impl Jobs {
                 job.result = Some(r);
                 self.metrics.training_job("succeeded");
             }
+            Err(e) if e.code == CANCELLED => {
+                info!(job = id, scope = %job.spec.scope, reason = %e.message, seconds, "Training job cancelled.");
+                job.state = JobState::Cancelled;
+                job.stages.push(("cancelled", now));
+                job.error = Some(e);
+                self.metrics.training_job("cancelled");
+            }
             Err(e) => {
                 warn!(job = id, scope = %job.spec.scope, code = e.code, error = %e.message, seconds, "Training job failed.");
                 job.state = JobState::Failed;
@@ -705,17 +881,7 @@ impl Jobs {
                 self.metrics.training_job("failed");
             }
         }
-        // Keep the newest `keep_finished` finished jobs.
-        let finished: Vec<u64> = inner
-            .jobs
-            .values()
-            .filter(|j| !j.pending())
-            .map(|j| j.id)
-            .collect();
-        let excess = finished.len().saturating_sub(self.settings.keep_finished);
-        for old in &finished[..excess] {
-            inner.jobs.remove(old);
-        }
+        self.evict_finished(&mut inner);
     }
 
     /// Starts the worker: one job at a time, each on a blocking thread.
@@ -727,12 +893,13 @@ impl Jobs {
                 if jobs.closed.load(Ordering::SeqCst) {
                     break;
                 }
-                let Some((id, spec, bar)) = jobs.start_next() else {
+                let Some((id, spec, bar, cancel)) = jobs.start_next() else {
                     wake.await;
                     continue;
                 };
                 let worker = jobs.clone();
-                let result = tokio::task::spawn_blocking(move || worker.run(id, &spec, &bar)).await;
+                let result =
+                    tokio::task::spawn_blocking(move || worker.run(id, &spec, &bar, &cancel)).await;
                 let result = result.unwrap_or_else(|e| {
                     Err(JobError::new(
                         "panic",
@@ -746,8 +913,14 @@ impl Jobs {
     }
 
     /// The job, on a blocking thread.
-    fn run(&self, id: u64, spec: &JobSpec, bar: &ProgressBar) -> Result<JobResult, JobError> {
-        self.stage(id, spec, "loading");
+    fn run(
+        &self,
+        id: u64,
+        spec: &JobSpec,
+        bar: &ProgressBar,
+        cancel: &CancelToken,
+    ) -> Result<JobResult, JobError> {
+        self.stage(id, spec, "loading", cancel)?;
         let mut table = self.load(spec)?;
         info!(
             job = id,
@@ -756,9 +929,8 @@ impl Jobs {
             channels = table.numeric_names.len(),
             "Training data loaded."
         );
-        self.closed()?;
 
-        self.stage(id, spec, "labelling");
+        self.stage(id, spec, "labelling", cancel)?;
         let spans = self
             .storage
             .alert_spans(
@@ -806,15 +978,24 @@ impl Jobs {
                 Some(_) => {}
             }
         }
-        self.closed()?;
 
-        self.stage(id, spec, "training");
+        self.stage(id, spec, "training", cancel)?;
+        let outcome = match run::train_table(
+            &train_options(spec, &table),
+            &table,
+            vec![source_description(spec)],
+            bar,
+            cancel,
+        ) {
+            Ok(outcome) => outcome,
+            Err(TrainTableError::Cancelled) => return Err(self.cancelled(id)),
+            Err(TrainTableError::Train(e)) => return Err(e.into()),
+        };
+        drop(table);
+
+        self.stage(id, spec, "exporting", cancel)?;
         let dir = self.model_dir(id, &spec.scope);
-        std::fs::create_dir_all(&dir).map_err(|source| TrainError::Write {
-            path: dir.clone(),
-            source,
-        })?;
-        let result = self.train_export_register(id, spec, bar, &table, &dir);
+        let result = self.export_register(id, spec, outcome, &dir, cancel);
         if result.is_err() {
             // Nothing was registered: leave no half-written model behind.
             let _ = std::fs::remove_dir_all(&dir);
@@ -822,39 +1003,18 @@ impl Jobs {
         result
     }
 
-    fn train_export_register(
+    fn export_register(
         &self,
         id: u64,
         spec: &JobSpec,
-        bar: &ProgressBar,
-        table: &Table,
+        mut outcome: TrainOutcome,
         dir: &Path,
+        cancel: &CancelToken,
     ) -> Result<JobResult, JobError> {
-        let csv = dir.join("training-data.csv");
-        let columns = write_training_csv(table, &csv)?;
-        let mut opts = TrainOptions::new(vec![csv.clone()]);
-        opts.columns = ColumnOptions {
-            time_column: Some(columns.time),
-            label_column: table.labels.is_some().then_some(columns.label),
-            device_column: Some(columns.device),
-            ..ColumnOptions::default()
-        };
-        opts.family = spec.family;
-        opts.window_len = spec.window;
-        opts.hop = spec.hop;
-        opts.stats = spec.stats.clone();
-        // `train`'s defaults for what a job does not set.
-        opts.hyper = HyperParams {
-            lags: 4,
-            ridge: 1e-2,
-            ..HyperParams::default()
-        };
-        let trained = run::train(&opts, bar);
-        let _ = std::fs::remove_file(&csv);
-        let mut outcome = trained?;
-        self.closed()?;
-
-        self.stage(id, spec, "exporting");
+        std::fs::create_dir_all(dir).map_err(|source| TrainError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
         let check = super::export::export(
             dir,
             &outcome.model,
@@ -864,9 +1024,10 @@ impl Jobs {
         )?;
         outcome.report.export = Some(check);
         run::write_outputs(dir, &outcome)?;
-        self.closed()?;
 
-        self.stage(id, spec, "registering");
+        // Checked with the stage change: once registering, a job cannot be
+        // cancelled ([`Jobs::cancel`] answers so).
+        self.stage(id, spec, "registering", cancel)?;
         let reg = registry::register_trained(
             &self.settings.db_path,
             &spec.scope,
@@ -1179,28 +1340,11 @@ pub fn apply_operator_labels(table: &mut Table, spans: &[AlertSpan]) -> LabelSum
     summary
 }
 
-/// The names [`write_training_csv`] gave its time, device and label columns.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CsvColumns {
-    pub time: String,
-    pub device: String,
-    pub label: String,
-}
-
-/// Writes `table` as the CSV the file reader reads back into the same
-/// table: every field quoted (so a channel name holding `;` cannot fool the
-/// delimiter detection), RFC 3339 times with nanoseconds, numbers in
-/// shortest round-trip form, empty cells for missing values, `1`/`0`
-/// labels. The time, device and label columns get names no channel has.
-pub fn write_training_csv(table: &Table, path: &Path) -> Result<CsvColumns, TrainError> {
-    let write_err = |e: csv::Error| TrainError::Write {
-        path: path.to_owned(),
-        source: std::io::Error::other(e),
-    };
-    let times = table.times.as_ref().ok_or_else(|| TrainError::Option {
-        option: "times",
-        message: "a training table from storage has times".into(),
-    })?;
+/// `train`'s options for a job on `table`. The time and device column
+/// names only go into `model.json`, for scoring files with it: those of a
+/// CSV export of the table (`time` and `device`, `_`-prefixed while a
+/// channel has that name).
+fn train_options(spec: &JobSpec, table: &Table) -> TrainOptions {
     let taken: HashSet<&str> = table
         .numeric_names
         .iter()
@@ -1214,54 +1358,41 @@ pub fn write_training_csv(table: &Table, path: &Path) -> Result<CsvColumns, Trai
         }
         name
     };
-    let columns = CsvColumns {
-        time: free("time"),
-        device: free("device"),
-        label: free("label"),
+    let mut opts = TrainOptions::new(Vec::new());
+    opts.columns = ColumnOptions {
+        time_column: Some(free("time")),
+        device_column: Some(free("device")),
+        ..ColumnOptions::default()
     };
-    let mut w = csv::WriterBuilder::new()
-        .quote_style(csv::QuoteStyle::Always)
-        .from_path(path)
-        .map_err(write_err)?;
-    let mut header = vec![columns.time.as_str(), columns.device.as_str()];
-    header.extend(table.numeric_names.iter().map(String::as_str));
-    header.extend(table.cat_names.iter().map(String::as_str));
-    if table.labels.is_some() {
-        header.push(columns.label.as_str());
-    }
-    w.write_record(&header).map_err(write_err)?;
-    let mut record: Vec<String> = Vec::with_capacity(header.len());
-    for i in 0..table.rows() {
-        if times[i] < 0 {
-            return Err(TrainError::Option {
-                option: "times",
-                message: format!("frame time {} ns is before 1970", times[i]),
-            });
-        }
-        record.clear();
-        record.push(rfc3339(times[i]));
-        record.push(table.devices[i].clone());
-        for col in &table.numeric {
-            let v = col[i];
-            record.push(if v.is_finite() {
-                v.to_string()
-            } else {
-                String::new()
-            });
-        }
-        for col in &table.categorical {
-            record.push(col[i].clone());
-        }
-        if let Some(l) = &table.labels {
-            record.push(if l[i] { "1" } else { "0" }.to_owned());
-        }
-        w.write_record(&record).map_err(write_err)?;
-    }
-    w.flush().map_err(|source| TrainError::Write {
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(columns)
+    opts.family = spec.family;
+    opts.window_len = spec.window;
+    opts.hop = spec.hop;
+    opts.stats = spec.stats.clone();
+    // `train`'s defaults for what a job does not set.
+    opts.hyper = HyperParams {
+        lags: 4,
+        ridge: 1e-2,
+        ..HyperParams::default()
+    };
+    opts
+}
+
+/// Where a job's training data came from, for the report's `data.inputs`:
+/// e.g. `sink storage: scope pumps (devices pump-0, pump-1), readings in
+/// [2026-01-01T00:00:00.000000000Z, 2026-01-02T00:00:00.000000000Z)`.
+pub fn source_description(spec: &JobSpec) -> String {
+    let devices = match &spec.devices {
+        None => " (every device)".to_owned(),
+        Some(d) if d.len() == 1 && d[0] == spec.scope => String::new(),
+        Some(d) => format!(" (devices {})", d.join(", ")),
+    };
+    let range = match (spec.from_ns, spec.to_ns) {
+        (None, None) => "every stored reading".to_owned(),
+        (Some(from), None) => format!("readings from {}", rfc3339(from)),
+        (None, Some(to)) => format!("readings before {}", rfc3339(to)),
+        (Some(from), Some(to)) => format!("readings in [{}, {})", rfc3339(from), rfc3339(to)),
+    };
+    format!("sink storage: scope {}{devices}, {range}", spec.scope)
 }
 
 #[cfg(test)]
@@ -1357,37 +1488,6 @@ mod tests {
         assert_eq!(p2_times, [0, 1, 2, 3, 4, 5, 6, 9]);
     }
 
-    #[test]
-    fn the_training_csv_reads_back_as_the_same_table() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut t = table(&[("p,1", 6), ("p;2", 5)]);
-        t.labels = Some((0..11).map(|i| i % 4 == 0).collect());
-        let path = dir.path().join("t.csv");
-        let cols = write_training_csv(&t, &path).unwrap();
-        // `time` is a channel here, so the time column takes another name.
-        assert_eq!(cols.time, "_time");
-        let back = dataset::load_files(
-            &[path],
-            &ColumnOptions {
-                time_column: Some(cols.time),
-                label_column: Some(cols.label),
-                device_column: Some(cols.device),
-                ..ColumnOptions::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(back.devices, t.devices);
-        assert_eq!(back.times, t.times);
-        assert_eq!(back.period_ns, t.period_ns);
-        assert_eq!(back.numeric_names, t.numeric_names);
-        assert_eq!(back.labels, t.labels);
-        for (a, b) in back.numeric.iter().zip(&t.numeric) {
-            for (x, y) in a.iter().zip(b) {
-                assert!(x == y || (x.is_nan() && y.is_nan()), "{x} vs {y}");
-            }
-        }
-    }
-
     fn input<'a>(scope: &'a str, devices: Option<&'a [String]>) -> SpecInput<'a> {
         SpecInput {
             scope,
@@ -1408,6 +1508,34 @@ mod tests {
         let list = ["b".to_owned(), "a".to_owned(), "b".to_owned()];
         let group = JobSpec::check(&input("pumps", Some(&list)), period).unwrap();
         assert_eq!(group.devices, Some(vec!["a".to_owned(), "b".to_owned()]));
+    }
+
+    #[test]
+    fn the_report_names_the_storage_scope_and_range_a_job_trained_on() {
+        let period = Duration::from_secs(1);
+        let fleet = JobSpec::check(&input("fleet", None), period).unwrap();
+        assert_eq!(
+            source_description(&fleet),
+            "sink storage: scope fleet (every device), every stored reading"
+        );
+        let mut one = JobSpec::check(&input("pump-0001", None), period).unwrap();
+        one.from_ns = Some(1_767_225_600_000_000_000);
+        assert_eq!(
+            source_description(&one),
+            "sink storage: scope pump-0001, readings from 2026-01-01T00:00:00.000000000Z"
+        );
+        one.to_ns = Some(1_767_312_000_000_000_000);
+        assert_eq!(
+            source_description(&one),
+            "sink storage: scope pump-0001, readings in [2026-01-01T00:00:00.000000000Z, 2026-01-02T00:00:00.000000000Z)"
+        );
+        let list = ["b".to_owned(), "a".to_owned()];
+        let mut group = JobSpec::check(&input("pumps", Some(&list)), period).unwrap();
+        group.to_ns = one.to_ns;
+        assert_eq!(
+            source_description(&group),
+            "sink storage: scope pumps (devices a, b), readings before 2026-01-02T00:00:00.000000000Z"
+        );
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! The `train`, `evaluate` and `score` commands, as library functions.
 //!
 //! # Train
+//! [`train`] reads files into a frame table (step 1) and hands it to
+//! [`train_table`], which does the rest on any table in memory: the sink's
+//! training jobs ([`super::jobs`]) call it directly with a table read from
+//! storage, and say so in the report's `data.inputs`.
+//!
 //! 1. Load the inputs into a frame table ([`super::dataset`]).
 //! 2. Hold out data the model never sees until the end: with labels and at
 //!    least 3 devices, the last `⌈holdout·devices⌉` devices of a seeded
@@ -27,9 +32,22 @@
 //!    `FittedModel::score_offset` — the 0.99 quantile of the training
 //!    scores without).
 //! 6. Evaluate on the held-out set; write `model.json`, `report.json`,
-//!    `report.html`.
+//!    `report.html` ([`write_outputs`]).
+//!
+//! **Progress.** Every cross-validation of step 3 is planned before the
+//! first fold runs, so the progress bar's length is the number of folds
+//! that will run (the forecaster's extra cross-validations included;
+//! by-device folds may be fewer than `folds`), and each fold validated
+//! advances it by one. A family that fails mid-way has the folds it skips
+//! taken off the length: a finished run ends with position = length.
+//!
+//! **Cancelling.** [`train_table`] checks a [`CancelToken`] before every
+//! fold, between families and around the final fit, and returns
+//! [`TrainTableError::Cancelled`] at the first check after it is cancelled.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use indicatif::ProgressBar;
@@ -66,8 +84,8 @@ pub struct TrainOptions {
     pub missing: MissingPolicy,
     pub scaling: Scaling,
     /// Log-scale the spread statistics before standardising
-    /// ([`Pipeline::fit_with_log_spread`]). Off by default: the ONNX export
-    /// cannot express it yet.
+    /// ([`Pipeline::fit_with_log_spread`]; `--log-spread`). The exported
+    /// graph applies the same logarithm.
     pub log_spread: bool,
     pub folds: usize,
     /// Fraction held out for the final evaluation.
@@ -97,6 +115,46 @@ impl TrainOptions {
             threshold: None,
         }
     }
+}
+
+/// Stops [`train_table`] at its next fold boundary: the flag is checked
+/// before every cross-validation fold, between families and around the
+/// final fit. Clones share the flag.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the training that holds this token (or a clone of it) to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn check(&self) -> Result<(), TrainTableError> {
+        if self.is_cancelled() {
+            Err(TrainTableError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Why [`train_table`] returned no model.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainTableError {
+    /// Its [`CancelToken`] was cancelled; training stopped at a fold
+    /// boundary.
+    #[error("training was cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Train(#[from] TrainError),
 }
 
 /// Everything needed to apply a trained model (saved as `model.json`).
@@ -178,7 +236,7 @@ impl SavedModel {
     }
 }
 
-/// The result of [`train`].
+/// The result of [`train`] and [`train_table`].
 #[derive(Debug)]
 pub struct TrainOutcome {
     pub model: SavedModel,
@@ -366,8 +424,42 @@ fn forecast_regression(
     ))
 }
 
+/// The folds of one cross-validation of `train` samples (indices into
+/// `train`).
+fn make_folds(
+    fold_kind: FoldKind,
+    s: &Samples,
+    train: &[usize],
+    opts: &TrainOptions,
+) -> Result<Vec<Fold>, TrainError> {
+    match fold_kind {
+        FoldKind::Stratified => match &s.labels {
+            Some(l) => {
+                let l: Vec<bool> = train.iter().map(|&i| l[i]).collect();
+                cv::stratified_kfold(&l, opts.folds, opts.seed)
+            }
+            None => Err(TrainError::NeedLabels {
+                what: "stratified folds",
+                detail: "the data has none".into(),
+            }),
+        },
+        FoldKind::KFold => cv::kfold(train.len(), opts.folds, opts.seed),
+        FoldKind::ByDevice => {
+            let g: Vec<String> = train.iter().map(|&i| s.devices[i].clone()).collect();
+            cv::group_kfold(&g, device_folds(s, train, opts.folds), opts.seed)
+        }
+        FoldKind::ForwardChaining => {
+            let t: Vec<i64> = train.iter().map(|&i| s.times[i]).collect();
+            cv::forward_chaining(&t, opts.folds)
+        }
+    }
+}
+
 /// Cross-validates one family on `train` samples; also returns the pooled
-/// out-of-fold scores `(sample index, score)`.
+/// out-of-fold scores `(sample index, score)`. A family that fails is
+/// reported in its result; only cancellation is an error. Each fold done
+/// advances `progress` by one; the folds a failure skips are taken off its
+/// length, so that the position ends at the length.
 fn cross_validate(
     kind: FamilyKind,
     fold_kind: FoldKind,
@@ -375,7 +467,8 @@ fn cross_validate(
     train: &[usize],
     opts: &TrainOptions,
     progress: &ProgressBar,
-) -> (FamilyResult, Vec<(usize, f64)>) {
+    cancel: &CancelToken,
+) -> Result<(FamilyResult, Vec<(usize, f64)>), TrainTableError> {
     let start = Instant::now();
     let mut result = FamilyResult {
         family: kind,
@@ -391,26 +484,11 @@ fn cross_validate(
             .as_ref()
             .map(|l| idx.iter().map(|&i| l[i]).collect::<Vec<bool>>())
     };
-    let folds: Result<Vec<Fold>, TrainError> = match fold_kind {
-        FoldKind::Stratified => match labels_of(train) {
-            Some(l) => cv::stratified_kfold(&l, opts.folds, opts.seed),
-            None => Err(TrainError::NeedLabels {
-                what: "stratified folds",
-                detail: "the data has none".into(),
-            }),
-        },
-        FoldKind::KFold => cv::kfold(train.len(), opts.folds, opts.seed),
-        FoldKind::ByDevice => {
-            let g: Vec<String> = train.iter().map(|&i| s.devices[i].clone()).collect();
-            cv::group_kfold(&g, device_folds(s, train, opts.folds), opts.seed)
-        }
-        FoldKind::ForwardChaining => {
-            let t: Vec<i64> = train.iter().map(|&i| s.times[i]).collect();
-            cv::forward_chaining(&t, opts.folds)
-        }
-    };
-    let run = || -> Result<(), TrainError> {
+    let folds = make_folds(fold_kind, s, train, opts);
+    let planned = folds.as_ref().map_or(0, Vec::len);
+    let run = || -> Result<(), TrainTableError> {
         for (index, fold) in folds?.iter().enumerate() {
+            cancel.check()?;
             progress.set_message(format!(
                 "{} {:?} fold {}",
                 kind.name(),
@@ -452,8 +530,14 @@ fn cross_validate(
         }
         Ok(())
     };
-    if let Err(e) = run() {
-        result.error = Some(e.to_string());
+    match run() {
+        Ok(()) => {}
+        Err(TrainTableError::Cancelled) => return Err(TrainTableError::Cancelled),
+        Err(TrainTableError::Train(e)) => result.error = Some(e.to_string()),
+    }
+    let skipped = planned.saturating_sub(result.folds.len()) as u64;
+    if skipped > 0 {
+        progress.set_length(progress.length().unwrap_or(0).saturating_sub(skipped));
     }
     let mut names: Vec<&str> = Vec::new();
     if s.labels.is_some() {
@@ -469,18 +553,67 @@ fn cross_validate(
         result.spread.insert(name.to_owned(), Spread::of(&values));
     }
     result.seconds = start.elapsed().as_secs_f64();
-    (result, oof)
+    Ok((result, oof))
 }
 
-/// Trains per the module docs. `progress` may be hidden.
-pub fn train(opts: &TrainOptions, progress: &ProgressBar) -> Result<TrainOutcome, TrainError> {
-    if !(opts.holdout > 0.0 && opts.holdout < 1.0) {
-        return Err(TrainError::Option {
+fn check_holdout(opts: &TrainOptions) -> Result<(), TrainError> {
+    if opts.holdout > 0.0 && opts.holdout < 1.0 {
+        Ok(())
+    } else {
+        Err(TrainError::Option {
             option: "--holdout",
             message: format!("{} is not in (0, 1)", opts.holdout),
-        });
+        })
     }
+}
+
+/// Trains on the files `opts.inputs` per the module docs: reads them into a
+/// frame table, then [`train_table`]. `progress` may be hidden.
+pub fn train(opts: &TrainOptions, progress: &ProgressBar) -> Result<TrainOutcome, TrainError> {
+    check_holdout(opts)?;
     let table = dataset::load_files(&opts.inputs, &opts.columns)?;
+    let inputs = opts
+        .inputs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    match train_table(opts, &table, inputs, progress, &CancelToken::new()) {
+        Ok(outcome) => Ok(outcome),
+        Err(TrainTableError::Train(e)) => Err(e),
+        // Nobody else holds the token; kept an error rather than a panic.
+        Err(TrainTableError::Cancelled) => Err(TrainError::Folds("training was cancelled".into())),
+    }
+}
+
+/// The samples of one window option set, shared by the families that use
+/// it, with their training part and primary fold kind.
+struct Built {
+    window: WindowOptions,
+    samples: Samples,
+    stats: SampleStats,
+    train: Vec<usize>,
+    primary: FoldKind,
+}
+
+/// Trains on a frame table already in memory, per the module docs (steps
+/// 2–6 but writing nothing): `opts.inputs` is not read, `inputs` says where
+/// `table` came from (the report's `data.inputs`), and `opts.columns` only
+/// names the columns the saved model will read files with.
+///
+/// `progress` gets the number of folds to run as its length, one increment
+/// per fold validated, and ends with its position at its length (a family
+/// that fails has the folds it skips taken off the length). `cancel` is
+/// checked before every fold, between families and around the final fit:
+/// once cancelled, training returns [`TrainTableError::Cancelled`] at the
+/// next of those points.
+pub fn train_table(
+    opts: &TrainOptions,
+    table: &Table,
+    inputs: Vec<String>,
+    progress: &ProgressBar,
+    cancel: &CancelToken,
+) -> Result<TrainOutcome, TrainTableError> {
+    check_holdout(opts)?;
     let labelled = table.labels.is_some();
     let candidates: Vec<FamilyKind> = match opts.family {
         Some(f) => vec![f],
@@ -489,49 +622,74 @@ pub fn train(opts: &TrainOptions, progress: &ProgressBar) -> Result<TrainOutcome
             return Err(TrainError::NeedLabels {
                 what: "choosing a family by validation (--family auto)",
                 detail: "the data has no label column: name a family with --family".into(),
-            });
+            }
+            .into());
         }
     };
     if candidates.iter().any(|f| f.supervised()) && !labelled && opts.family.is_some() {
         return Err(TrainError::NeedLabels {
             what: "the classifier",
             detail: "the data has no label column (--label-column)".into(),
-        });
+        }
+        .into());
     }
-    progress.set_length((candidates.len() * opts.folds * 2) as u64);
+    // Plan first: every family's samples and cross-validations, so that the
+    // progress bar's length is the number of folds that will run (the
+    // forecaster runs extra cross-validations; by-device folds may be fewer
+    // than `opts.folds`). Families with the same window options share their
+    // samples.
+    let mut built: Vec<Built> = Vec::new();
+    let mut plans: Vec<(FamilyKind, usize, Vec<FoldKind>)> = Vec::new();
+    let mut total = 0;
+    for &kind in &candidates {
+        cancel.check()?;
+        let w = window_options(opts, kind, table);
+        let at = match built.iter().position(|b| b.window == w) {
+            Some(at) => at,
+            None => {
+                let (samples, stats) = dataset::build_samples(table, &w)?;
+                if samples.len() < 4 {
+                    return Err(TrainError::TooFewRows {
+                        rows: samples.len(),
+                        needed: 4,
+                    }
+                    .into());
+                }
+                let (train, _, _) = holdout_split(&samples, opts.holdout, opts.seed);
+                let primary = primary_fold_kind(&samples, &train, opts.folds, opts.seed);
+                built.push(Built {
+                    window: w,
+                    samples,
+                    stats,
+                    train,
+                    primary,
+                });
+                built.len() - 1
+            }
+        };
+        let b = &built[at];
+        let mut kinds = vec![b.primary];
+        if kind == FamilyKind::Forecast {
+            kinds = vec![FoldKind::KFold, FoldKind::ForwardChaining];
+            if labelled {
+                kinds.insert(0, b.primary);
+            }
+        }
+        for &fk in &kinds {
+            total += make_folds(fk, &b.samples, &b.train, opts).map_or(0, |f| f.len());
+        }
+        plans.push((kind, at, kinds));
+    }
+    progress.set_length(total as u64);
     let mut results = Vec::new();
     let mut best: Option<BestCandidate> = None;
     // Indices into `results` of the comparisons the choice is made on.
     let mut primary_results = Vec::new();
-    // Families with the same window options share their samples.
-    let mut built: Vec<(WindowOptions, Samples, SampleStats)> = Vec::new();
-    for &kind in &candidates {
-        let w = window_options(opts, kind, &table);
-        if !built.iter().any(|(bw, _, _)| *bw == w) {
-            let (samples, stats) = dataset::build_samples(&table, &w)?;
-            built.push((w.clone(), samples, stats));
-        }
-        let Some((_, samples, _)) = built.iter().find(|(bw, _, _)| *bw == w) else {
-            continue;
-        };
-        if samples.len() < 4 {
-            return Err(TrainError::TooFewRows {
-                rows: samples.len(),
-                needed: 4,
-            });
-        }
-        let (train_idx, _, _) = holdout_split(samples, opts.holdout, opts.seed);
-        let primary_kind = primary_fold_kind(samples, &train_idx, opts.folds, opts.seed);
-        let mut kinds = vec![primary_kind];
-        if kind == FamilyKind::Forecast {
-            kinds = vec![FoldKind::KFold, FoldKind::ForwardChaining];
-            if labelled {
-                kinds.insert(0, primary_kind);
-            }
-        }
+    for (kind, at, kinds) in plans {
+        let b = &built[at];
         for fk in kinds {
-            let (r, oof) = cross_validate(kind, fk, samples, &train_idx, opts, progress);
-            let primary = fk == primary_kind || !labelled;
+            let (r, oof) = cross_validate(kind, fk, &b.samples, &b.train, opts, progress, cancel)?;
+            let primary = fk == b.primary || !labelled;
             if primary {
                 primary_results.push(results.len());
             }
@@ -565,18 +723,21 @@ pub fn train(opts: &TrainOptions, progress: &ProgressBar) -> Result<TrainOutcome
         return Err(TrainError::Folds(format!(
             "no family could be validated ({})",
             why.join("; ")
-        )));
+        ))
+        .into());
     };
     let compared: Vec<&FamilyResult> = primary_results.iter().map(|&i| &results[i]).collect();
     let reason = super::report::selection_reason(chosen, &compared, opts.family.is_some());
     // Final fit.
-    let w = window_options(opts, chosen, &table);
-    let (samples, sample_stats) = match built.into_iter().find(|(bw, _, _)| *bw == w) {
-        Some((_, samples, stats)) => (samples, stats),
-        None => dataset::build_samples(&table, &w)?,
+    cancel.check()?;
+    let w = window_options(opts, chosen, table);
+    let (samples, sample_stats) = match built.into_iter().find(|b| b.window == w) {
+        Some(b) => (b.samples, b.stats),
+        None => dataset::build_samples(table, &w)?,
     };
     let (train_idx, test_idx, holdout) = holdout_split(&samples, opts.holdout, opts.seed);
     let (pipeline, model) = fit_on(chosen, &samples, &train_idx, opts)?;
+    cancel.check()?;
     let rule = opts.threshold.unwrap_or(default_rule(labelled));
     let th = match (&samples.labels, rule) {
         (Some(l), ThresholdRule::BestF1 | ThresholdRule::TargetFalseAlarmRate(_))
@@ -619,11 +780,7 @@ pub fn train(opts: &TrainOptions, progress: &ProgressBar) -> Result<TrainOutcome
     );
     let cap = heldout_scores.len().min(20_000);
     let data = DataSummary {
-        inputs: opts
-            .inputs
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect(),
+        inputs,
         devices: table.device_names().len(),
         channels: table.numeric_names.clone(),
         categorical: table.cat_names.clone(),
@@ -798,3 +955,141 @@ pub fn score(dir: &Path, input: &Path, out: &Path) -> Result<Vec<ScoredRow>, Tra
 
 /// The best family so far: kind, its two scores, and its per-sample scores.
 type BestCandidate = (FamilyKind, f64, f64, Vec<(usize, f64)>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `devices` devices of `rows` frames a second: two channels with
+    /// deterministic noise, labelled anomalous (and shifted) where
+    /// `anomalous(row)`.
+    fn table(devices: usize, rows: usize, anomalous: fn(usize) -> bool) -> Table {
+        let mut t = Table {
+            times: Some(Vec::new()),
+            period_ns: Some(1_000_000_000),
+            numeric_names: vec!["flow".into(), "current".into()],
+            numeric: vec![Vec::new(), Vec::new()],
+            labels: Some(Vec::new()),
+            ..Table::default()
+        };
+        for d in 0..devices {
+            for k in 0..rows {
+                let x = (d * rows + k) as f64;
+                let anomalous = anomalous(k);
+                t.devices.push(format!("pump-{d}"));
+                if let Some(times) = t.times.as_mut() {
+                    times.push(1_700_000_000_000_000_000 + k as i64 * 1_000_000_000);
+                }
+                let flow = 10.0 + (x * 0.37).sin() * 2.0 + (x * 1.91).cos();
+                t.numeric[0].push(flow);
+                t.numeric[1]
+                    .push(2.0 + 0.5 * flow + (x * 2.73).sin() + if anomalous { 8.0 } else { 0.0 });
+                if let Some(labels) = t.labels.as_mut() {
+                    labels.push(anomalous);
+                }
+                t.source_rows.push(t.source_rows.len());
+            }
+        }
+        t
+    }
+
+    fn forecast_options() -> TrainOptions {
+        let mut opts = TrainOptions::new(Vec::new());
+        opts.family = Some(FamilyKind::Forecast);
+        opts.hyper.lags = 4;
+        opts.hyper.ridge = 1e-2;
+        opts
+    }
+
+    /// Anomalies every 30 s, so every forward-chaining fold has both classes.
+    fn periodic(k: usize) -> bool {
+        k % 30 >= 10 && k % 30 < 13
+    }
+
+    fn folds_run(outcome: &TrainOutcome) -> Vec<(FoldKind, usize, bool)> {
+        outcome
+            .report
+            .candidates
+            .iter()
+            .map(|r| (r.fold_kind, r.folds.len(), r.error.is_some()))
+            .collect()
+    }
+
+    #[test]
+    fn progress_ends_at_its_length_with_the_forecasters_extra_folds_and_fewer_device_folds() {
+        // 4 labelled devices, one held out: 3 by-device folds (not 5), then
+        // the forecaster's 5 k-fold and 5 forward-chaining folds.
+        let bar = ProgressBar::hidden();
+        let outcome = train_table(
+            &forecast_options(),
+            &table(4, 120, periodic),
+            vec!["memory".into()],
+            &bar,
+            &CancelToken::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            folds_run(&outcome),
+            [
+                (FoldKind::ByDevice, 3, false),
+                (FoldKind::KFold, 5, false),
+                (FoldKind::ForwardChaining, 5, false)
+            ]
+        );
+        assert_eq!((bar.position(), bar.length()), (13, Some(13)));
+        assert_eq!(outcome.report.data.inputs, ["memory"]);
+
+        // Anomalies only at 40..46 s: the early forward-chaining folds train
+        // on one class, so that validation fails and its folds never run.
+        let bar = ProgressBar::hidden();
+        let outcome = train_table(
+            &forecast_options(),
+            &table(4, 120, |k| (40..46).contains(&k)),
+            vec![],
+            &bar,
+            &CancelToken::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            folds_run(&outcome),
+            [
+                (FoldKind::ByDevice, 3, false),
+                (FoldKind::KFold, 5, false),
+                (FoldKind::ForwardChaining, 0, true)
+            ]
+        );
+        assert_eq!((bar.position(), bar.length()), (8, Some(8)));
+    }
+
+    #[test]
+    fn a_cancelled_token_stops_training_before_the_first_fold() {
+        let bar = ProgressBar::hidden();
+        let cancel = CancelToken::new();
+        cancel.clone().cancel();
+        let err = train_table(
+            &forecast_options(),
+            &table(4, 120, periodic),
+            vec![],
+            &bar,
+            &cancel,
+        )
+        .unwrap_err();
+        assert!(matches!(err, TrainTableError::Cancelled), "{err}");
+        assert_eq!(bar.position(), 0);
+        // Bad options are still errors, not cancellations.
+        let mut bad = forecast_options();
+        bad.holdout = 1.0;
+        let err = train_table(
+            &bad,
+            &table(4, 120, periodic),
+            vec![],
+            &bar,
+            &CancelToken::new(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, TrainTableError::Train(TrainError::Option { .. })),
+            "{err}"
+        );
+    }
+}

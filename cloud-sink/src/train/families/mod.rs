@@ -54,9 +54,8 @@ impl FamilyKind {
     /// The families `--family auto` cross-validates and compares. The
     /// autoencoder is trained only when named: its stochastic, iterative fit
     /// costs far more than the closed-form families per fold. The weighted
-    /// Gaussian too, for now: without log-scaled spreads (which the ONNX
-    /// export cannot express yet) it ranks below PCA and the Gaussian on the
-    /// simulated fleet, and costs a Newton fit per fold.
+    /// Gaussian too: on the simulated fleet it ranks below PCA and the
+    /// Gaussian, and costs a Newton fit per fold.
     pub const AUTO: [FamilyKind; 4] = [
         FamilyKind::Pca,
         FamilyKind::Gaussian,
