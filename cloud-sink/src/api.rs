@@ -828,6 +828,8 @@ pub struct JobBody {
     pub window: Option<usize>,
     pub hop: Option<usize>,
     pub stats: Option<Vec<String>>,
+    /// Log-scale the spread statistics (`train --log-spread`); default false.
+    pub log_spread: Option<bool>,
     /// Frame period, e.g. `1s`; default `training.period`.
     pub period: Option<String>,
 }
@@ -867,6 +869,7 @@ async fn submit_job(
         window: body.window,
         hop: body.hop,
         stats: body.stats.as_deref(),
+        log_spread: body.log_spread,
         period,
     };
     let spec = JobSpec::check(&input, state.jobs.settings().default_period).map_err(|p| {

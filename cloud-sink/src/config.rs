@@ -134,6 +134,9 @@ pub struct ScheduleConfig {
     pub hop: Option<usize>,
     #[serde(default)]
     pub stats: Option<Vec<String>>,
+    /// Log-scale the spread statistics (`train --log-spread`); absent: no.
+    #[serde(default)]
+    pub log_spread: Option<bool>,
     /// Frame period; absent: `training.period`.
     #[serde(default, with = "humantime_serde")]
     pub period: Option<Duration>,
@@ -691,6 +694,7 @@ fn schedule_input(s: &ScheduleConfig) -> crate::train::jobs::SpecInput<'_> {
         window: s.window,
         hop: s.hop,
         stats: s.stats.as_deref(),
+        log_spread: s.log_spread,
         period: s.period,
     }
 }

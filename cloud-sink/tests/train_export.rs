@@ -108,6 +108,71 @@ fn every_family_exports_to_onnx_that_tract_scores_like_the_reference() {
     }
 }
 
+/// The fleet plus `pressure`: 181 196.4 ± 0.3, written to 0.1 like a real
+/// gauge's — a large offset next to small noise.
+fn fleet_with_pressure_csv(dir: &Path, rows_per_device: usize) -> PathBuf {
+    let input = fleet_csv(dir, rows_per_device);
+    let text = std::fs::read_to_string(&input).unwrap();
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut out = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let (head, label) = line.rsplit_once(',').unwrap();
+        if i == 0 {
+            writeln!(out, "{head},pressure,{label}").unwrap();
+        } else {
+            let p = 181_196.4 + 0.3 * normal(&mut rng);
+            writeln!(out, "{head},{p:.1},{label}").unwrap();
+        }
+    }
+    std::fs::write(&input, out).unwrap();
+    input
+}
+
+#[test]
+fn log_spreads_repeat_counts_and_large_offsets_export_within_tolerance() {
+    use protocol::features::Stat;
+    let dir = tempfile::tempdir().unwrap();
+    let input = fleet_with_pressure_csv(dir.path(), 600);
+    for family in FamilyKind::ALL {
+        let mut o = options(input.clone(), Some(family));
+        o.log_spread = true;
+        o.stats = vec![
+            Stat::Mean,
+            Stat::Std,
+            Stat::Min,
+            Stat::Max,
+            Stat::PeakToPeak,
+            Stat::Repeats,
+        ];
+        let outcome = run::train(&o, &ProgressBar::hidden())
+            .unwrap_or_else(|e| panic!("{}: {e}", family.name()));
+        let p = &outcome.model.pipeline;
+        if family != FamilyKind::Forecast {
+            // The spreads are log-scaled; `flow` (5 decimals) never repeats a
+            // value, so its count is 0 in training and gets scale 1.
+            for (j, name) in p.names.iter().enumerate() {
+                let spread = name.ends_with(".std") || name.ends_with(".peak_to_peak");
+                assert_eq!(p.log_offset[j].is_some(), spread, "{name}");
+            }
+            let j = p.names.iter().position(|n| n == "flow.repeats").unwrap();
+            assert_eq!((p.center[j], p.scale[j]), (0.0, 1.0));
+        }
+        let out = dir.path().join(family.name());
+        std::fs::create_dir_all(&out).unwrap();
+        let check = export::export(
+            &out,
+            &outcome.model,
+            &outcome.report,
+            &outcome.heldout.x,
+            "test",
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", family.name()));
+        assert!(check.passed, "{}: {check:?}", family.name());
+        let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+        assert!(manifest.contains("\"threshold_rule\""), "{manifest}");
+    }
+}
+
 #[test]
 fn an_export_that_does_not_match_the_reference_is_refused_and_cannot_be_registered() {
     let dir = tempfile::tempdir().unwrap();

@@ -254,6 +254,7 @@ async fn a_job_trains_in_the_background_and_its_model_becomes_the_first_producti
         queued["stats"],
         json!(["mean", "std", "min", "max", "slope"])
     );
+    assert_eq!(queued["log_spread"], false);
 
     let done = wait_job(&sink, id, Duration::from_secs(300), finished).await;
     assert_eq!(done["state"], "succeeded", "{done:#}");

@@ -258,6 +258,7 @@ fn inference(c: &mut Criterion) {
         features: spec(),
         score: ScoreSpec {
             threshold: 1.0,
+            threshold_rule: None,
             hysteresis: Hysteresis::default(),
         },
         metadata: ModelMetadata::default(),

@@ -131,6 +131,7 @@ fn score_windows(readings: &[Reading]) -> Result<(u64, f64), SelfTestError> {
         features: features.clone(),
         score: ScoreSpec {
             threshold: 1e9,
+            threshold_rule: None,
             hysteresis: Hysteresis { k: 1, n: 1 },
         },
         metadata: ModelMetadata::default(),

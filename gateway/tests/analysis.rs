@@ -185,6 +185,7 @@ fn manifest(threshold: f64) -> ModelManifest {
         },
         score: ScoreSpec {
             threshold,
+            threshold_rule: None,
             hysteresis: Hysteresis { k: 1, n: 1 },
         },
         metadata: ModelMetadata::default(),

@@ -36,6 +36,7 @@ fn manifest(channels: usize) -> ModelManifest {
         },
         score: ScoreSpec {
             threshold: 1.0,
+            threshold_rule: None,
             hysteresis: Hysteresis::default(),
         },
         metadata: ModelMetadata::default(),

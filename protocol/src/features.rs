@@ -36,9 +36,10 @@
 //! | `peak_to_peak` | `max − min` | channel |
 //! | `skew` | `m3 / m2^(3/2)`, `m_k = Σ (x_i − mean)^k / N` | none |
 //! | `kurtosis` | `m4 / m2² − 3` (excess: 0 for a normal distribution) | none |
+//! | `repeats` | `#{i ≥ 1 : x_i = x_(i−1)}`, exact equality | rows (0 … N−1) |
 //!
-//! A **constant** channel (`min == max`) gives exactly `mean = x_0`, and `std`,
-//! `slope`, `skew` and `kurtosis` exactly 0 (skew and kurtosis are 0/0 there;
+//! A **constant** channel (`min == max`) gives exactly `mean = x_0`,
+//! `repeats = N − 1`, and `std`, `slope`, `skew` and `kurtosis` exactly 0 (skew and kurtosis are 0/0 there;
 //! 0 keeps the vector finite and says "no shape").
 //!
 //! **Band energies.** `y_i = w_i·(x_i − mean)` when `detrend`, else
@@ -111,11 +112,14 @@ pub enum Stat {
     Skew,
     /// Population excess kurtosis `m4 / m2² − 3`.
     Kurtosis,
+    /// How many rows equal the row before (a flat line: a stuck sensor
+    /// repeats its last value exactly). A count, so its resolution is one.
+    Repeats,
 }
 
 impl Stat {
     /// Every statistic, in declaration order.
-    pub const ALL: [Stat; 10] = [
+    pub const ALL: [Stat; 11] = [
         Stat::Mean,
         Stat::Std,
         Stat::Min,
@@ -126,6 +130,7 @@ impl Stat {
         Stat::PeakToPeak,
         Stat::Skew,
         Stat::Kurtosis,
+        Stat::Repeats,
     ];
 
     /// The name used in feature names and in the spec (`peak_to_peak`).
@@ -141,6 +146,7 @@ impl Stat {
             Stat::PeakToPeak => "peak_to_peak",
             Stat::Skew => "skew",
             Stat::Kurtosis => "kurtosis",
+            Stat::Repeats => "repeats",
         }
     }
 }
@@ -464,6 +470,7 @@ struct Moments {
     slope: f64,
     skew: f64,
     kurtosis: f64,
+    repeats: f64,
 }
 
 impl Moments {
@@ -479,6 +486,7 @@ impl Moments {
             Stat::PeakToPeak => self.max - self.min,
             Stat::Skew => self.skew,
             Stat::Kurtosis => self.kurtosis,
+            Stat::Repeats => self.repeats,
         }
     }
 }
@@ -504,6 +512,10 @@ struct Acc {
     inv: f64,
     /// `Σd, Σd², Σd³, Σd⁴, Σk·d` of `d = (x − mean0)·pre·inv`, `k = i − (N−1)/2`.
     sums: [f64; 5],
+    /// The previous row's value (NaN before the first row: equal to nothing).
+    prev: f64,
+    /// Rows equal to the row before.
+    repeats: u32,
 }
 
 /// Statistics of every column of a row-major window with `n ≥ 2` rows, into
@@ -514,6 +526,7 @@ fn moments(values: &[f64], channels: usize, dt: f64, acc: &mut [Acc], out: &mut 
         *a = Acc {
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
+            prev: f64::NAN,
             ..Acc::default()
         };
     }
@@ -522,6 +535,8 @@ fn moments(values: &[f64], channels: usize, dt: f64, acc: &mut [Acc], out: &mut 
             a.sum += x;
             a.min = a.min.min(x);
             a.max = a.max.max(x);
+            a.repeats += u32::from(x == a.prev);
+            a.prev = x;
         }
     }
     let nf = (values.len() / channels) as f64;
@@ -560,6 +575,7 @@ fn moments(values: &[f64], channels: usize, dt: f64, acc: &mut [Acc], out: &mut 
 /// The statistics from one channel's sums.
 fn finish(a: &Acc, last: f64, nf: f64, dt: f64) -> Moments {
     let (min, max) = (a.min, a.max);
+    let repeats = f64::from(a.repeats);
     if min == max {
         return Moments {
             mean: min,
@@ -570,6 +586,7 @@ fn finish(a: &Acc, last: f64, nf: f64, dt: f64) -> Moments {
             slope: 0.0,
             skew: 0.0,
             kurtosis: 0.0,
+            repeats,
         };
     }
     let [s1, s2, s3, s4, sk] = a.sums;
@@ -594,6 +611,7 @@ fn finish(a: &Acc, last: f64, nf: f64, dt: f64) -> Moments {
         slope: sk / sum_k2 * a.scale / dt,
         skew,
         kurtosis,
+        repeats,
     }
 }
 
@@ -969,10 +987,26 @@ mod tests {
             6.0,                  // peak_to_peak
             m3 / m2.powf(1.5),    // skew
             m4 / (m2 * m2) - 3.0, // kurtosis
+            0.0,                  // repeats: no two neighbours equal
         ];
         for ((stat, got), want) in Stat::ALL.iter().zip(&out).zip(want) {
             assert_close(*got, want, stat.name());
         }
+    }
+
+    #[test]
+    fn repeats_count_rows_equal_to_the_row_before() {
+        let out = features(
+            &spec(&["x", "y"], &[Stat::Repeats]),
+            // x: 1 1 2 2 2 3 → 3 rows equal the one before; y constant → 5.
+            &[1.0, 5.0, 1.0, 5.0, 2.0, 5.0, 2.0, 5.0, 2.0, 5.0, 3.0, 5.0],
+            1.0,
+        );
+        assert_close(out[0], 3.0, "x.repeats");
+        assert_close(out[1], 5.0, "y.repeats");
+        // Equal values that are not neighbours do not count.
+        let out = features(&spec(&["x"], &[Stat::Repeats]), &[1.0, 2.0, 1.0, 2.0], 1.0);
+        assert_close(out[0], 0.0, "alternating");
     }
 
     #[test]
@@ -1020,10 +1054,11 @@ mod tests {
             detrend: true,
         });
         let out = features(&spec, &values, 1.0);
-        let want = [0.1, 0.0, 0.1, 0.1, 0.1, 0.0, 0.1, 0.0, 0.0, 0.0];
-        assert_eq!(&out[..10], &want);
+        // ..., kurtosis 0, repeats N − 1.
+        let want = [0.1, 0.0, 0.1, 0.1, 0.1, 0.0, 0.1, 0.0, 0.0, 0.0, 6.0];
+        assert_eq!(&out[..11], &want);
         assert_eq!(
-            &out[10..],
+            &out[11..],
             &[0.0, 0.0, 0.0],
             "detrended constant has no energy"
         );

@@ -11,7 +11,8 @@
 //!   "input": {"channels": ["current", "vibration"], "window_len": 32, "hop": 8,
 //!             "frame_period": "1s"},
 //!   "features": {"channels": ["current", "vibration"], "stats": ["mean", "std"]},
-//!   "score": {"threshold": 4.5, "hysteresis": {"k": 2, "n": 3}},
+//!   "score": {"threshold": 4.5, "threshold_rule": {"rule": "best_f1"},
+//!             "hysteresis": {"k": 2, "n": 3}},
 //!   "metadata": {"training_from": 1767225600000000000, "metrics": {"f1": 0.91}}
 //! }
 //! ```
@@ -108,12 +109,32 @@ impl Default for Hysteresis {
     }
 }
 
+/// How a model's threshold was chosen. Informational for the gateway (it
+/// applies `threshold`); stated so that people and the rollout logic know
+/// what the number means. Serialised as `{"rule": "best_f1"}`,
+/// `{"rule": "target_false_alarm_rate", "value": 0.01}` or
+/// `{"rule": "normal_quantile", "value": 0.99}`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "rule", content = "value")]
+pub enum ThresholdRule {
+    /// The cut with the highest F1 on labelled validation scores.
+    BestF1,
+    /// The lowest cut at which at most this fraction of normal validation
+    /// windows alarms.
+    TargetFalseAlarmRate(f64),
+    /// This quantile of the scores of normal data (no labels).
+    NormalQuantile(f64),
+}
+
 /// How a score becomes a decision.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreSpec {
     /// A window is anomalous when its score is above this.
     pub threshold: f64,
+    /// How `threshold` was chosen; absent in hand-written manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_rule: Option<ThresholdRule>,
     /// Default 1 of 1.
     #[serde(default)]
     pub hysteresis: Hysteresis,
@@ -357,6 +378,7 @@ mod tests {
             },
             score: ScoreSpec {
                 threshold: 4.5,
+                threshold_rule: Some(ThresholdRule::TargetFalseAlarmRate(0.01)),
                 hysteresis: Hysteresis { k: 2, n: 3 },
             },
             metadata: ModelMetadata {
@@ -373,6 +395,11 @@ mod tests {
         let m = sample();
         let json = m.to_json();
         assert!(json.contains("\"frame_period\": \"500ms\""), "{json}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            v["score"]["threshold_rule"],
+            serde_json::json!({"rule": "target_false_alarm_rate", "value": 0.01})
+        );
         assert_eq!(ModelManifest::from_json(json.as_bytes()).unwrap(), m);
         assert_eq!(m.feature_count().unwrap(), 4);
     }
@@ -384,12 +411,14 @@ mod tests {
           "input": {"channels": ["current", "vibration"], "window_len": 32, "hop": 8,
                     "frame_period": "1s"},
           "features": {"channels": ["current", "vibration"], "stats": ["mean", "std"]},
-          "score": {"threshold": 4.5, "hysteresis": {"k": 2, "n": 3}},
+          "score": {"threshold": 4.5, "threshold_rule": {"rule": "best_f1"},
+                    "hysteresis": {"k": 2, "n": 3}},
           "metadata": {"training_from": 1767225600000000000, "metrics": {"f1": 0.91}}
         }"#;
         let m = ModelManifest::from_json(doc.as_bytes()).unwrap();
         assert_eq!(m.input.frame_period, Duration::from_secs(1));
         assert_eq!(m.score.hysteresis, Hysteresis { k: 2, n: 3 });
+        assert_eq!(m.score.threshold_rule, Some(ThresholdRule::BestF1));
     }
 
     #[test]

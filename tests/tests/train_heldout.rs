@@ -1,26 +1,24 @@
 //! Issue 5, measured: train on simulated pumps with ground truth, evaluate on
 //! pumps the training never saw.
 //!
-//! 1. `outpost-firmware-sim dataset` writes devices 0..6 (training) and
-//!    devices 6..10 (held out) of the same seed: the same fleet model, signal
+//! 1. `outpost-firmware-sim dataset` writes devices 0..12 (training) and
+//!    devices 12..20 (held out) of the same seed: the same fleet model, signal
 //!    and anomaly injection as `run`, offline in simulated time, labelled
 //!    from the ground truth.
 //! 2. `outpost-cloud-sink train --family auto` compares the families by
 //!    by-device cross-validation on the training file only and says which
-//!    won and why.
+//!    won and why. The features include `repeats` (a stuck sensor repeats
+//!    its value exactly) and log-scaled spreads (`--log-spread`).
 //! 3. `outpost-cloud-sink evaluate` scores the held-out pumps; its JSON
 //!    metrics are asserted.
 //!
-//! The issue asks for F1 ≥ 0.9 on held-out devices. This is **not reached**
-//! with the options the CLI offers today; the floors below sit under the
-//! measured values (see the constants) so a regression fails the test. What
-//! limits it: which pumps are held out decides much of the figure (pumps
-//! differ in gains and offsets, and four fitting pumps do not cover the
-//! spread, so the validation-chosen threshold is conservative — the ranking
-//! alone would allow more), a channel stuck at a constant is invisible to
-//! linear spread statistics (log-scaled spreads, `TrainOptions::log_spread`,
-//! fix that but cannot be exported to ONNX yet), and the first ticks of a
-//! drift ramp and the middle of a temperature step do not show in a window.
+//! The issue asks for F1 ≥ 0.9 on held-out devices. With these settings the
+//! measured F1 is 0.86–0.89 over four seeds (0.74 without `repeats` and log
+//! spreads): **not yet 0.9**. The floors below sit under the measured values
+//! so a regression fails the test. What is missed: level shifts that last
+//! longer than a window (the middle of a temperature step, the plateau of a
+//! slow drift) — a fleet model scoring a pump it never saw cannot tell them
+//! from a pump that runs warmer; that needs the device's own baseline.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
@@ -33,13 +31,14 @@ use outpost_tests::{bin, test_dir};
 /// Simulated time per device; 1 s ticks. Short enough for a debug build.
 const DURATION: &str = "2h";
 const SEED: &str = "7";
-const WINDOW: &str = "32";
-const STATS: &str = "mean,std,min,max,slope,peak_to_peak";
-/// Floors on the held-out pumps. Measured with these settings (session 5):
-/// F1 0.834, precision 0.969, recall 0.732; `pca` chosen.
-const MIN_F1: f64 = 0.78;
-const MIN_PRECISION: f64 = 0.9;
-const MIN_RECALL: f64 = 0.65;
+const WINDOW: &str = "16";
+const STATS: &str = "mean,std,min,max,slope,peak_to_peak,repeats";
+/// Floors on the held-out pumps. Measured with these settings: F1 0.864,
+/// precision 0.980, recall 0.772; `pca` chosen. (Seeds 1, 2, 3: F1 0.885,
+/// 0.890, 0.862.)
+const MIN_F1: f64 = 0.83;
+const MIN_PRECISION: f64 = 0.95;
+const MIN_RECALL: f64 = 0.72;
 
 fn sim_dataset(out: &Path, devices: &str, first: &str) {
     let o = Command::new(bin("outpost-firmware-sim"))
@@ -71,13 +70,13 @@ fn a_model_chosen_by_validation_is_measured_on_pumps_it_never_saw() {
     let dir = dir.path();
     let train = dir.join("train.csv");
     let heldout = dir.join("heldout.csv");
-    sim_dataset(&train, "6", "0");
-    sim_dataset(&heldout, "4", "6");
+    sim_dataset(&train, "12", "0");
+    sim_dataset(&heldout, "8", "12");
     let (tr, he) = (devices_of(&train), devices_of(&heldout));
-    assert_eq!(tr.len(), 6);
+    assert_eq!(tr.len(), 12);
     assert_eq!(
         he.iter().map(String::as_str).collect::<Vec<_>>(),
-        ["pump-0006", "pump-0007", "pump-0008", "pump-0009"]
+        (12..20).map(|i| format!("pump-{i:04}")).collect::<Vec<_>>()
     );
     assert!(tr.is_disjoint(&he), "held-out pumps must be other pumps");
 
@@ -87,6 +86,7 @@ fn a_model_chosen_by_validation_is_measured_on_pumps_it_never_saw() {
         .arg(&train)
         .args(["--time-column", "time", "--label-column", "label"])
         .args(["--family", "auto", "--window", WINDOW, "--stats", STATS])
+        .arg("--log-spread")
         .arg("--out")
         .arg(&model)
         .output()
@@ -149,7 +149,7 @@ fn a_model_chosen_by_validation_is_measured_on_pumps_it_never_saw() {
     let (f1, precision, recall) = (get("f1"), get("precision"), get("recall"));
     let c = &m["confusion"];
     eprintln!(
-        "held-out pumps 6..10: family {chosen}, F1 {f1:.4}, precision {precision:.4}, recall {recall:.4} \
+        "held-out pumps 12..20: family {chosen}, F1 {f1:.4}, precision {precision:.4}, recall {recall:.4} \
          (tp {} fp {} fn {} tn {}); {:.1} s",
         c["tp"],
         c["fp"],

@@ -68,6 +68,9 @@ pub struct TrainArgs {
     /// Standardisation: plain (mean/std) or robust (median/MAD).
     #[arg(long, value_parser = parse_scaling, default_value = "plain")]
     pub scaling: Scaling,
+    /// Log-scale the spread statistics (std, peak_to_peak) before standardising: a channel stuck at a constant then stands out.
+    #[arg(long)]
+    pub log_spread: bool,
     /// Cross-validation folds.
     #[arg(long, default_value_t = 5)]
     pub folds: usize,
@@ -151,6 +154,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     opts.stats = args.stats;
     opts.missing = args.missing;
     opts.scaling = args.scaling;
+    opts.log_spread = args.log_spread;
     opts.folds = args.folds;
     opts.holdout = args.holdout;
     opts.seed = args.seed;

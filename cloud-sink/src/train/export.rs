@@ -7,7 +7,8 @@
 //! a window (f32 `[batch, F]`), its output the score (`[batch, 1]`):
 //!
 //! - every family starts with `z = (x − center) / scale` (the fitted
-//!   standardisation);
+//!   standardisation), after `ln(max(x, 0) + ε)` on the spread columns when
+//!   the pipeline log-scales them (`preprocess`, `--log-spread`);
 //! - **gaussian**: `Σ ((z − m)·W)²`;
 //! - **pca**: `c = z − μ`, `t = c·P`, `T² = Σ (t / √λ)²`, `Q = Σ (c − t·Pᵀ)²`,
 //!   score `Max(T² / T²_lim, Q / Q_lim)`;
@@ -67,6 +68,43 @@ fn build_err(e: outpost_models::BuildError) -> TrainError {
     TrainError::Export(format!("building the graph: {e}"))
 }
 
+/// The pipeline's log-scaled columns (`offsets[j] = Some(ε)`):
+/// `x·keep + Log(Max(x, 0) + ε)·mask`, with `mask` 1 on those columns and
+/// `keep = 1 − mask` (ε = 1 elsewhere, so the unused logarithm is finite).
+/// `x` unchanged when no column is log-scaled.
+fn log_spread(
+    g: &mut GraphBuilder,
+    x: &Value,
+    offsets: &[Option<f64>],
+    n: usize,
+) -> Result<Value, TrainError> {
+    if offsets.iter().all(Option::is_none) {
+        return Ok(x.clone());
+    }
+    if offsets.len() != n {
+        return Err(TrainError::Export(format!(
+            "{} log offsets for {n} columns",
+            offsets.len()
+        )));
+    }
+    let mask: Vec<f32> = offsets
+        .iter()
+        .map(|o| f32::from(u8::from(o.is_some())))
+        .collect();
+    let keep: Vec<f32> = mask.iter().map(|m| 1.0 - m).collect();
+    let eps = f32s(offsets.iter().map(|o| o.unwrap_or(1.0)));
+    let zero = g.initializer("zero", &[1], vec![0.0]).map_err(build_err)?;
+    let eps = g.initializer("log_offset", &[n], eps).map_err(build_err)?;
+    let mask = g.initializer("log_mask", &[n], mask).map_err(build_err)?;
+    let keep = g.initializer("log_keep", &[n], keep).map_err(build_err)?;
+    let positive = g.max(&[x, &zero]);
+    let shifted = g.add(&positive, &eps);
+    let logged = g.log(&shifted);
+    let kept = g.mul(x, &keep);
+    let logged = g.mul(&logged, &mask);
+    Ok(g.add(&kept, &logged))
+}
+
 /// Builds the ONNX graph of `model` (see the module docs).
 pub fn graph(model: &SavedModel) -> Result<Vec<u8>, TrainError> {
     if !model.pipeline.one_hot.is_empty() {
@@ -84,6 +122,7 @@ pub fn graph(model: &SavedModel) -> Result<Vec<u8>, TrainError> {
     let mut g = GraphBuilder::new(model.family.name());
     g.doc("Outpost anomaly model: standardisation and score, exported by outpost-cloud-sink train");
     let x = g.input("features", &[Dim::batch(), Dim::Fixed(n)]);
+    let x = log_spread(&mut g, &x, &model.pipeline.log_offset, n)?;
     let center = g
         .initializer("center", &[n], f32s(model.pipeline.center.iter().copied()))
         .map_err(build_err)?;
@@ -259,6 +298,7 @@ pub fn manifest(
         features,
         score: ScoreSpec {
             threshold: model.threshold.value,
+            threshold_rule: Some(model.threshold.rule),
             hysteresis: Hysteresis::default(),
         },
         metadata: ModelMetadata {
@@ -266,10 +306,8 @@ pub fn manifest(
             training_to: report.data.time_to_ns.map(protocol::Timestamp),
             metrics,
             notes: format!(
-                "threshold rule: {}; missing values: {}; held-out: {}",
-                serde_json::to_string(&model.threshold.rule).unwrap_or_default(),
-                report.data.samples.missing_policy,
-                report.data.holdout
+                "missing values: {}; held-out: {}",
+                report.data.samples.missing_policy, report.data.holdout
             ),
             ..ModelMetadata::default()
         },

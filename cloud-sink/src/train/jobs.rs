@@ -150,6 +150,8 @@ pub struct SpecInput<'a> {
     pub window: Option<usize>,
     pub hop: Option<usize>,
     pub stats: Option<&'a [String]>,
+    /// Log-scale the spread statistics (`train --log-spread`); `None`: no.
+    pub log_spread: Option<bool>,
     pub period: Option<Duration>,
 }
 
@@ -167,6 +169,8 @@ pub struct JobSpec {
     pub window: usize,
     pub hop: usize,
     pub stats: Vec<Stat>,
+    /// `train --log-spread`.
+    pub log_spread: bool,
     /// Frame period the readings are assembled with.
     pub period: Duration,
 }
@@ -283,6 +287,7 @@ impl JobSpec {
             window,
             hop,
             stats,
+            log_spread: input.log_spread.unwrap_or(false),
             period,
         })
     }
@@ -468,6 +473,7 @@ pub struct JobView {
     pub window: usize,
     pub hop: usize,
     pub stats: Vec<&'static str>,
+    pub log_spread: bool,
     pub period: String,
     pub progress: Option<Progress>,
     /// Whether the job was asked to stop (by an operator or the shutdown).
@@ -520,6 +526,7 @@ impl Job {
             window: self.spec.window,
             hop: self.spec.hop,
             stats: self.spec.stats.iter().map(|s| s.name()).collect(),
+            log_spread: self.spec.log_spread,
             period: humantime::format_duration(self.spec.period).to_string(),
             progress: self.bar.as_ref().map(|b| Progress {
                 done: b.position(),
@@ -1368,6 +1375,7 @@ fn train_options(spec: &JobSpec, table: &Table) -> TrainOptions {
     opts.window_len = spec.window;
     opts.hop = spec.hop;
     opts.stats = spec.stats.clone();
+    opts.log_spread = spec.log_spread;
     // `train`'s defaults for what a job does not set.
     opts.hyper = HyperParams {
         lags: 4,
@@ -1503,6 +1511,14 @@ mod tests {
         assert_eq!(fleet.devices, None);
         assert_eq!((fleet.window, fleet.hop, fleet.family), (4, 1, None));
         assert_eq!(fleet.stats, default_stats());
+        assert!(!fleet.log_spread);
+        assert!(!train_options(&fleet, &table(&[("a", 3)])).log_spread);
+        let logged = SpecInput {
+            log_spread: Some(true),
+            ..input("fleet", None)
+        };
+        let logged = JobSpec::check(&logged, period).unwrap();
+        assert!(train_options(&logged, &table(&[("a", 3)])).log_spread);
         let one = JobSpec::check(&input("pump-1", None), period).unwrap();
         assert_eq!(one.devices, Some(vec!["pump-1".to_owned()]));
         let list = ["b".to_owned(), "a".to_owned(), "b".to_owned()];
@@ -1551,6 +1567,7 @@ mod tests {
             window: Some(1),
             hop: Some(0),
             stats: Some(&stats),
+            log_spread: Some(true),
             period: Some(Duration::ZERO),
         };
         let problems = JobSpec::check(&bad, Duration::from_secs(1)).unwrap_err();

@@ -11,7 +11,14 @@
 //! - **robust**: center = median, scale = MAD · 1.4826 (the std of a normal
 //!   distribution), falling back to IQR / 1.349 when the MAD is 0.
 //!
-//! A numeric column with scale 0 is constant: [`TrainError::ConstantColumn`].
+//! A numeric column with scale 0 is constant: [`TrainError::ConstantColumn`]
+//! — except a count (`{channel}.repeats`): a channel with fine resolution
+//! never repeats a value in normal operation, so its count is 0 in every
+//! normal window, and any repeat (a stuck sensor) is the anomaly. A count's
+//! resolution is one, so it gets scale 1: the standardised value is the
+//! number of repeated rows beyond the normal one.
+//! The centre, scale and log offset are rounded to f32 when fitted: the
+//! exported graph holds them as f32 (see `to_f32_exact`).
 //!
 //! **Log-scaled spreads** (opt-in, [`Pipeline::fit_with_log_spread`]): the
 //! spread statistics (`*.std`, `*.peak_to_peak`, never negative) are first
@@ -20,9 +27,8 @@
 //! channel stuck at a constant has a spread of exactly 0: in linear units
 //! that is only two or three standard deviations below a typical spread
 //! (normal windows reach it too), in log units it is `ln(0.01)` ≈ −4.6 below
-//! the median, far outside the normal range. The ONNX export does not yet
-//! express the logarithm (`export` would need a `Log` node on those
-//! columns), so models with it cannot be exported; it is off by default.
+//! the median, far outside the normal range. The exported graph applies the
+//! same `Log` to those columns (see `export`).
 //!
 //! [`Pca`] is a symmetric eigen-decomposition (nalgebra `SymmetricEigen`) of
 //! the covariance of `z`, guarded: non-finite values, too few rows and an
@@ -63,6 +69,22 @@ pub struct Pipeline {
     /// `ln(max(x, 0) + ε)` before standardisation; empty when none is.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_offset: Vec<Option<f64>>,
+}
+
+/// `v` rounded to the nearest f32, as f64. The fitted centre, scale and log
+/// offset are carried by the exported graph as f32; fitting them at f32
+/// precision makes the graph and the reference use the same numbers. (A
+/// centre of 40.031 ± 0.3 rounded only in the graph moved every standardised
+/// value by ~1e-6, and the score by more than the export check allows.)
+fn to_f32_exact(v: f64) -> f64 {
+    f64::from(v as f32)
+}
+
+/// Whether a feature column is a count (`*.repeats`): its resolution is one,
+/// so constant in training it is standardised with scale 1 instead of being
+/// refused (see the module docs).
+pub fn is_count(name: &str) -> bool {
+    name.ends_with(".repeats")
 }
 
 /// Whether a feature column is a spread statistic (never negative).
@@ -126,8 +148,8 @@ impl Pipeline {
                     let name = names.get(j).map_or("", String::as_str);
                     is_spread(name).then(|| {
                         let v: Vec<f64> = col.iter().map(|v| v.max(0.0)).collect();
-                        (quantile(&v, 0.5).unwrap_or(0.0) * LOG_SPREAD_OFFSET)
-                            .max(f64::MIN_POSITIVE)
+                        to_f32_exact(quantile(&v, 0.5).unwrap_or(0.0) * LOG_SPREAD_OFFSET)
+                            .max(f64::from(f32::MIN_POSITIVE))
                     })
                 })
                 .collect()
@@ -167,8 +189,18 @@ impl Pipeline {
                 }
             };
             // Relative to the magnitude, a spread below 1e-12 is rounding
-            // noise on a constant.
-            if s.is_nan() || s <= 1e-12 * c.abs().max(1e-300) || !s.is_finite() {
+            // noise on a constant; one below f32's range is a constant for
+            // the exported graph.
+            let constant = s.is_nan() || s <= 1e-12 * c.abs().max(1e-300) || !s.is_finite();
+            let name = names.get(j).map_or("", String::as_str);
+            let (c, s) = if constant && is_count(name) {
+                (to_f32_exact(c), 1.0)
+            } else if constant {
+                (c, 0.0)
+            } else {
+                (to_f32_exact(c), to_f32_exact(s))
+            };
+            if !(s as f32).is_normal() || !(c as f32).is_finite() {
                 return Err(TrainError::ConstantColumn {
                     name: names.get(j).cloned().unwrap_or_else(|| format!("#{j}")),
                     value: c,

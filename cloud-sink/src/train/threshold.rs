@@ -13,13 +13,9 @@ use serde::{Deserialize, Serialize};
 use super::TrainError;
 use super::metrics;
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "rule", content = "value")]
-pub enum ThresholdRule {
-    BestF1,
-    TargetFalseAlarmRate(f64),
-    NormalQuantile(f64),
-}
+/// The rule is part of the model manifest (`score.threshold_rule`), so it is
+/// the protocol's type.
+pub use protocol::manifest::ThresholdRule;
 
 /// A chosen threshold and how it was chosen (stated in the manifest).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

@@ -91,6 +91,7 @@ fn stat_of(stat: Stat, x: &[f64], dt: f64) -> f64 {
         Stat::Skew => moment(3) / moment(2).powf(1.5),
         Stat::Kurtosis if constant => 0.0,
         Stat::Kurtosis => moment(4) / moment(2).powi(2) - 3.0,
+        Stat::Repeats => x.windows(2).filter(|p| p[0] == p[1]).count() as f64,
     }
 }
 

@@ -240,7 +240,10 @@ fn diverged(loss: f64, epoch: usize, learning_rate: f64) -> TrainError {
 impl Autoencoder {
     /// Fits on the rows of `z` (see the module docs).
     pub fn fit(z: &DMatrix<f64>, names: &[String], hp: &HyperParams) -> Result<Self, TrainError> {
-        super::super::check_matrix(z, names, MIN_ROWS, 2, false)?;
+        // Constant columns are allowed: the pipeline refuses constant data
+        // but keeps a count that is constant in training (see
+        // `preprocess`); its output bias reconstructs it exactly.
+        super::super::check_matrix(z, names, MIN_ROWS, 2, true)?;
         let (train, validation) = split_tail(z, VALIDATION_FRACTION);
         Self::fit_split(&train, &validation, hp)
     }
@@ -540,13 +543,12 @@ mod tests {
             matches!(err, TrainError::TooFewRows { rows: 5, .. }),
             "{err}"
         );
+        // A constant column (a count constant in training, which the
+        // pipeline keeps) is not degenerate: it is reconstructed by a bias.
         let mut z = low_rank(100, 2);
         z.column_mut(4).fill(0.0);
-        let err = Autoencoder::fit(&z, &names(6), &hp).unwrap_err();
-        assert!(
-            matches!(&err, TrainError::ConstantColumn { name, .. } if name == "c4"),
-            "{err}"
-        );
+        let m = Autoencoder::fit(&z, &names(6), &hp).unwrap();
+        assert!(m.score(&z).iter().all(|s| s.is_finite()));
         let z = low_rank(100, 2).columns(0, 1).into_owned();
         let err = Autoencoder::fit(&z, &names(1), &hp).unwrap_err();
         assert!(matches!(err, TrainError::Option { .. }), "{err}");

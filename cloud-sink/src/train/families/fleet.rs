@@ -156,7 +156,8 @@ pub fn train_fleet(
     drop(fit_parts);
     let validation = stack(&validation_parts, n);
     drop(validation_parts);
-    super::super::check_matrix(&union, names, MIN_ROWS, 2, false)?;
+    // Constant columns allowed, as in `Autoencoder::fit`.
+    super::super::check_matrix(&union, names, MIN_ROWS, 2, true)?;
     let base = Autoencoder::fit_split(&union, &validation, hp)?;
     drop(union);
 
