@@ -50,7 +50,7 @@ pub struct TrainArgs {
     /// auto | pca | gaussian | forecast | classifier | autoencoder. `auto` needs labels.
     #[arg(long, default_value = "auto")]
     pub family: String,
-    /// Output directory: model.json, model.onnx, manifest.json, report.json, report.html.
+    /// Output directory: model.json, model.onnx, manifest.json, report.json, report.html (with --fleet also devices/<device>/).
     #[arg(long)]
     pub out: PathBuf,
     /// Frames per window for the feature families (1: each row is a sample; not exportable).
@@ -98,6 +98,9 @@ pub struct TrainArgs {
     /// Autoencoder: Adam learning rate.
     #[arg(long, default_value_t = HyperParams::default().ae_learning_rate)]
     pub ae_learning_rate: f64,
+    /// Autoencoder fine-tuning (`--fleet`): most epochs per device.
+    #[arg(long, default_value_t = HyperParams::default().ae_fine_tune_epochs)]
+    pub ae_fine_tune_epochs: usize,
     /// Autoencoder: epochs without a better validation loss before training stops.
     #[arg(long, default_value_t = HyperParams::default().ae_patience)]
     pub ae_patience: usize,
@@ -110,6 +113,11 @@ pub struct TrainArgs {
     /// Threshold at this false-alarm rate on normal validation data instead of best F1 / the 0.99 quantile.
     #[arg(long)]
     pub target_false_alarm_rate: Option<f64>,
+    /// Fleet transfer learning (needs `--family autoencoder`): fine-tune the model per device
+    /// (frozen encoder) and write each to OUT/devices/<device>/; the report compares each
+    /// with the fleet base model on the device's held-out rows.
+    #[arg(long)]
+    pub fleet: bool,
     /// Skip the ONNX export (the model cannot be registered then).
     #[arg(long)]
     pub no_export: bool,
@@ -139,6 +147,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         "auto" => None,
         other => Some(other.parse::<FamilyKind>().map_err(anyhow::Error::msg)?),
     };
+    if args.fleet && family != Some(FamilyKind::Autoencoder) {
+        anyhow::bail!(
+            "invalid option `--fleet`: it needs --family autoencoder (got --family {})",
+            args.family
+        );
+    }
     let mut opts = TrainOptions::new(args.input.clone());
     opts.columns = ColumnOptions {
         time_column: args.time_column,
@@ -166,6 +180,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         ae_batch_size: args.ae_batch_size,
         ae_learning_rate: args.ae_learning_rate,
         ae_patience: args.ae_patience,
+        ae_fine_tune_epochs: args.ae_fine_tune_epochs,
         // One seed for the folds, the hold-out split and the weights.
         seed: args.seed,
         ..HyperParams::default()
@@ -173,6 +188,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     opts.threshold = args
         .target_false_alarm_rate
         .map(ThresholdRule::TargetFalseAlarmRate);
+    opts.fleet = args.fleet;
     let bar = progress();
     let mut outcome = run::train(&opts, &bar).context("training")?;
     bar.finish_and_clear();
@@ -191,6 +207,27 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             Err(e) => export_error = Some(e),
         }
     }
+    let mut device_export_errors = Vec::new();
+    if !args.no_export && !outcome.devices.is_empty() {
+        // The device models' manifests carry no held-out metrics: those of
+        // the report are the fleet model's.
+        let mut device_report = outcome.report.clone();
+        device_report.heldout = None;
+        device_report.heldout_regression = None;
+        for d in &outcome.devices {
+            let dir = run::device_dir(&args.out, d);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            if let Err(e) = super::export::export(
+                &dir,
+                &d.model,
+                &device_report,
+                &outcome.heldout.x,
+                &d.device,
+            ) {
+                device_export_errors.push(format!("{}: {e}", d.device));
+            }
+        }
+    }
     run::write_outputs(&args.out, &outcome).context("writing the model and report")?;
     let r = &outcome.report;
     eprintln!(
@@ -206,6 +243,23 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             None => format!("alarm rate {:?}", r.heldout_alarm_rate),
         }
     );
+    if let Some(f) = &r.fleet {
+        eprintln!(
+            "fleet: {} devices fine-tuned, improved on {} of {}, mean held-out gain {} — models in {}",
+            f.devices.len(),
+            f.improved(),
+            f.devices.len(),
+            f.mean_gain()
+                .map_or_else(|| "—".into(), |g| format!("{:.1}%", 100.0 * g)),
+            args.out.join("devices").display()
+        );
+        for s in &f.skipped {
+            eprintln!("fleet: left out {s}");
+        }
+    }
+    for e in &device_export_errors {
+        eprintln!("device ONNX export not written: {e}");
+    }
     eprintln!("wrote {}", args.out.display());
     if let Some(e) = export_error {
         if args.registry.is_some() {

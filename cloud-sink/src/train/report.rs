@@ -1,6 +1,7 @@
 //! The training report: one JSON document and one self-contained HTML page
 //! (inline SVG: ROC and PR curves and score histograms on the held-out data,
-//! per-fold metric tables for every family tried).
+//! per-fold metric tables for every family tried, and with `--fleet` the
+//! per-device transfer-learning table).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cv::FoldKind;
 use super::dataset::SampleStats;
+use super::families::fleet::FleetReport;
 use super::families::{FamilyKind, HyperParams};
 use super::metrics::{BinaryMetrics, RegressionMetrics, Spread, pr_curve, roc_curve};
 use super::threshold::Threshold;
@@ -89,6 +91,10 @@ pub struct TrainingReport {
     pub heldout_scores: Vec<f64>,
     pub heldout_labels: Option<Vec<bool>>,
     pub export: Option<ExportCheck>,
+    /// With `--fleet`: the fleet base model and each device's fine-tuned
+    /// model on the device's held-out rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetReport>,
 }
 
 fn esc(s: &str) -> String {
@@ -354,6 +360,9 @@ impl TrainingReport {
                 if e.passed { "passed" } else { "REFUSED" }
             );
         }
+        if let Some(f) = &self.fleet {
+            h.push_str(&fleet_html(f));
+        }
         h.push_str("<h2>Cross-validation per family</h2>");
         for f in &self.candidates {
             let _ = write!(
@@ -394,6 +403,51 @@ impl TrainingReport {
         h.push_str("</body></html>\n");
         h
     }
+}
+
+/// The fleet section of the HTML report.
+fn fleet_html(f: &FleetReport) -> String {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<h2>Fleet transfer learning</h2><p>Base model (hidden width {}) trained on all devices: \
+         {} epochs (best {}), validation loss {:.4}. Each device's model is the base fine-tuned on \
+         the device's rows with the encoder frozen; losses are mean squared reconstruction errors \
+         on the device's latest {:.0}% of rows, held out. Gain = (base − fine-tuned) / base.</p>\
+         <p>Mean gain {}; improved on {} of {} devices.</p>",
+        f.hidden,
+        f.base.epochs,
+        f.base.best_epoch,
+        f.base.validation_loss,
+        100.0 * f.heldout_fraction,
+        f.mean_gain()
+            .map_or_else(|| "—".into(), |g| format!("{:.1}%", 100.0 * g)),
+        f.improved(),
+        f.devices.len()
+    );
+    h.push_str(
+        "<table class=\"fleet\"><tr><th>device</th><th>train rows</th><th>held-out rows</th>\
+         <th>base loss</th><th>fine-tuned loss</th><th>gain</th><th>epochs (best/ran)</th></tr>",
+    );
+    for d in &f.devices {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.1}%</td><td>{}/{}</td></tr>",
+            esc(&d.device),
+            d.train_rows,
+            d.heldout_rows,
+            d.base_heldout_loss,
+            d.fine_tuned_heldout_loss,
+            100.0 * d.gain,
+            d.fine_tuning.best_epoch,
+            d.fine_tuning.epochs
+        );
+    }
+    h.push_str("</table>");
+    if !f.skipped.is_empty() {
+        let _ = write!(h, "<p>Left out: {}</p>", esc(&f.skipped.join("; ")));
+    }
+    h
 }
 
 impl FoldKind {

@@ -33,6 +33,17 @@
 //!    scores without).
 //! 6. Evaluate on the held-out set; write `model.json`, `report.json`,
 //!    `report.html` ([`write_outputs`]).
+//! 7. With [`TrainOptions::fleet`] (`--fleet`, autoencoder only): fleet
+//!    transfer learning ([`fleet::train_fleet`]) on the training windows
+//!    (normal ones when labelled) grouped by device in time order and
+//!    standardised by the pipeline fitted in step 5. Each device's
+//!    fine-tuned model becomes a [`SavedModel`] of its own, thresholded by
+//!    the rule without labels (the 0.99 quantile, or the target false-alarm
+//!    rate, of its scores on the device's windows), written to
+//!    `devices/<device>/model.json` ([`device_dir_name`] escapes the name);
+//!    the [`fleet::FleetReport`] goes into the report's `fleet`. A device
+//!    with too few windows to fine-tune is left out and listed in the
+//!    report's `fleet.skipped`; held-out devices (step 2) get no model.
 //!
 //! **Progress.** Every cross-validation of step 3 is planned before the
 //! first fold runs, so the progress bar's length is the number of folds
@@ -45,6 +56,7 @@
 //! fold, between families and around the final fit, and returns
 //! [`TrainTableError::Cancelled`] at the first check after it is cancelled.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,6 +75,8 @@ use super::cv::{self, Fold, FoldKind};
 use super::dataset::{
     self, ColumnOptions, MissingPolicy, RowStatus, SampleStats, Samples, Table, WindowOptions,
 };
+use super::families::autoencoder::{MIN_ROWS, split_tail};
+use super::families::fleet::{self, FleetReport};
 use super::families::{FamilyKind, FittedModel, HyperParams};
 use super::metrics::{BinaryMetrics, RegressionMetrics, Spread};
 use super::preprocess::{Pipeline, Scaling};
@@ -94,6 +108,9 @@ pub struct TrainOptions {
     pub hyper: HyperParams,
     /// `None`: best F1 with labels, the 0.99 normal quantile without.
     pub threshold: Option<ThresholdRule>,
+    /// Fleet transfer learning after the final fit (step 7 of the module
+    /// docs); needs `family = Some(Autoencoder)`.
+    pub fleet: bool,
 }
 
 impl TrainOptions {
@@ -113,6 +130,7 @@ impl TrainOptions {
             seed: 1,
             hyper: HyperParams::default(),
             threshold: None,
+            fleet: false,
         }
     }
 }
@@ -245,6 +263,38 @@ pub struct TrainOutcome {
     /// champion/challenger comparisons.
     pub heldout: Samples,
     pub heldout_scores: Vec<f64>,
+    /// With [`TrainOptions::fleet`]: each device's fine-tuned model, by
+    /// device name (empty otherwise).
+    pub devices: Vec<DeviceModel>,
+}
+
+/// One device's fine-tuned model of a fleet run.
+#[derive(Clone, Debug)]
+pub struct DeviceModel {
+    pub device: String,
+    /// Its directory under `devices/` ([`device_dir_name`]).
+    pub dir: String,
+    pub model: SavedModel,
+}
+
+/// A device name as a single safe directory name: ASCII letters, digits,
+/// `-`, `_` and (not first) `.` are kept, every other byte becomes `%XX`
+/// (so `/`, `\`, `%`, control characters and a leading dot — `.`, `..` —
+/// are escaped); the empty name is `%`. Distinct names give distinct
+/// directories.
+pub fn device_dir_name(device: &str) -> String {
+    if device.is_empty() {
+        return "%".into();
+    }
+    let mut out = String::with_capacity(device.len());
+    for (i, b) in device.bytes().enumerate() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn window_options(opts: &TrainOptions, kind: FamilyKind, table: &Table) -> WindowOptions {
@@ -557,6 +607,15 @@ fn cross_validate(
 }
 
 fn check_holdout(opts: &TrainOptions) -> Result<(), TrainError> {
+    if opts.fleet && opts.family != Some(FamilyKind::Autoencoder) {
+        return Err(TrainError::Option {
+            option: "--fleet",
+            message: format!(
+                "fleet transfer learning fine-tunes the autoencoder: it needs --family autoencoder, not {}",
+                opts.family.map_or("auto", FamilyKind::name)
+            ),
+        });
+    }
     if opts.holdout > 0.0 && opts.holdout < 1.0 {
         Ok(())
     } else {
@@ -565,6 +624,86 @@ fn check_holdout(opts: &TrainOptions) -> Result<(), TrainError> {
             message: format!("{} is not in (0, 1)", opts.holdout),
         })
     }
+}
+
+/// Step 7 of the module docs: the fleet run on the training windows
+/// `train` of `samples`, standardised by `base`'s pipeline; each device's
+/// model is `base` with the fine-tuned autoencoder and its own threshold.
+fn train_devices_fleet(
+    opts: &TrainOptions,
+    samples: &Samples,
+    train: &[usize],
+    base: &SavedModel,
+) -> Result<(FleetReport, Vec<DeviceModel>), TrainError> {
+    let rows: Vec<usize> = match &samples.labels {
+        Some(l) => train.iter().copied().filter(|&i| !l[i]).collect(),
+        None => train.to_vec(),
+    };
+    let mut by_device: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for i in rows {
+        by_device
+            .entry(samples.devices[i].as_str())
+            .or_default()
+            .push(i);
+    }
+    let mut matrices = BTreeMap::new();
+    let mut skipped = Vec::new();
+    for (device, mut idx) in by_device {
+        idx.sort_by_key(|&i| (samples.times[i], i));
+        let sub = samples.select(&idx);
+        let z = base.pipeline.transform(&sub.x, &sub.categorical)?;
+        // A device too short to fine-tune is left out, not the whole fleet.
+        let train_rows = split_tail(&z, fleet::DEFAULT_HELDOUT_FRACTION).0.nrows();
+        if train_rows < MIN_ROWS {
+            skipped.push(format!(
+                "{device}: {} training windows, {train_rows} after holding out {:.0}% (needs {MIN_ROWS})",
+                z.nrows(),
+                100.0 * fleet::DEFAULT_HELDOUT_FRACTION
+            ));
+            continue;
+        }
+        matrices.insert(device.to_owned(), z);
+    }
+    if matrices.is_empty() {
+        return Err(TrainError::Option {
+            option: "--fleet",
+            message: format!(
+                "no device has enough training windows ({})",
+                skipped.join("; ")
+            ),
+        });
+    }
+    let names = base.pipeline.output_names();
+    let mut fleet = fleet::train_fleet(
+        &matrices,
+        &names,
+        fleet::DEFAULT_HELDOUT_FRACTION,
+        &opts.hyper,
+    )?;
+    fleet.report.skipped = skipped;
+    // The rule the main model would use without labels.
+    let rule = match opts.threshold {
+        Some(r @ ThresholdRule::TargetFalseAlarmRate(_)) => r,
+        _ => default_rule(false),
+    };
+    let mut devices = Vec::with_capacity(fleet.devices.len());
+    for (device, tuned) in fleet.devices {
+        let scores = tuned.score(&matrices[&device]);
+        let threshold = threshold::choose(rule, &scores, None).map_err(|e| TrainError::Device {
+            device: device.clone(),
+            source: Box::new(e),
+        })?;
+        devices.push(DeviceModel {
+            dir: device_dir_name(&device),
+            model: SavedModel {
+                model: FittedModel::Autoencoder(tuned),
+                threshold,
+                ..base.clone()
+            },
+            device,
+        });
+    }
+    Ok((fleet.report, devices))
 }
 
 /// Trains on the files `opts.inputs` per the module docs: reads them into a
@@ -799,21 +938,6 @@ pub fn train_table(
         time_from_ns: table.times.as_ref().and_then(|t| t.iter().min().copied()),
         time_to_ns: table.times.as_ref().and_then(|t| t.iter().max().copied()),
     };
-    let report = TrainingReport {
-        created_ns: protocol::Timestamp::now().as_nanos(),
-        data,
-        hyper_params: opts.hyper.clone(),
-        candidates: results,
-        chosen,
-        reason,
-        threshold: th,
-        heldout,
-        heldout_regression,
-        heldout_alarm_rate,
-        heldout_scores: heldout_scores[..cap].to_vec(),
-        heldout_labels: test.labels.as_ref().map(|l| l[..cap].to_vec()),
-        export: None,
-    };
     let model = SavedModel {
         format_version: 1,
         family: chosen,
@@ -828,11 +952,35 @@ pub fn train_table(
         model,
         threshold: th,
     };
+    let (fleet, devices) = if opts.fleet {
+        cancel.check()?;
+        let (r, d) = train_devices_fleet(opts, &samples, &train_idx, &model)?;
+        (Some(r), d)
+    } else {
+        (None, Vec::new())
+    };
+    let report = TrainingReport {
+        created_ns: protocol::Timestamp::now().as_nanos(),
+        data,
+        hyper_params: opts.hyper.clone(),
+        candidates: results,
+        chosen,
+        reason,
+        threshold: th,
+        heldout,
+        heldout_regression,
+        heldout_alarm_rate,
+        heldout_scores: heldout_scores[..cap].to_vec(),
+        heldout_labels: test.labels.as_ref().map(|l| l[..cap].to_vec()),
+        export: None,
+        fleet,
+    };
     Ok(TrainOutcome {
         model,
         report,
         heldout: test,
         heldout_scores,
+        devices,
     })
 }
 
@@ -840,12 +988,29 @@ fn write(path: PathBuf, data: &[u8]) -> Result<(), TrainError> {
     std::fs::write(&path, data).map_err(|source| TrainError::Write { path, source })
 }
 
-/// Writes `model.json`, `report.json` and `report.html` into `dir`.
+/// The directory of a device's model: `dir/devices/<device_dir_name>`.
+pub fn device_dir(dir: &Path, device: &DeviceModel) -> PathBuf {
+    dir.join("devices").join(&device.dir)
+}
+
+/// Writes `model.json`, `report.json` and `report.html` into `dir`, and
+/// each fleet device's `model.json` into its [`device_dir`].
 pub fn write_outputs(dir: &Path, outcome: &TrainOutcome) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir).map_err(|source| TrainError::Write {
         path: dir.to_owned(),
         source,
     })?;
+    for d in &outcome.devices {
+        let path = device_dir(dir, d);
+        std::fs::create_dir_all(&path).map_err(|source| TrainError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        write(
+            path.join("model.json"),
+            serde_json::to_string_pretty(&d.model)?.as_bytes(),
+        )?;
+    }
     write(
         dir.join("model.json"),
         serde_json::to_string_pretty(&outcome.model)?.as_bytes(),
@@ -1091,5 +1256,32 @@ mod tests {
             matches!(err, TrainTableError::Train(TrainError::Option { .. })),
             "{err}"
         );
+    }
+
+    #[test]
+    fn fleet_needs_the_autoencoder_family() {
+        for family in [None, Some(FamilyKind::Pca), Some(FamilyKind::Forecast)] {
+            let mut opts = forecast_options();
+            opts.family = family;
+            opts.fleet = true;
+            let err = train_table(
+                &opts,
+                &table(4, 120, periodic),
+                vec![],
+                &ProgressBar::hidden(),
+                &CancelToken::new(),
+            )
+            .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    TrainTableError::Train(TrainError::Option {
+                        option: "--fleet",
+                        ..
+                    })
+                ),
+                "{err}"
+            );
+        }
     }
 }

@@ -57,6 +57,10 @@ pub struct FleetReport {
     pub base: TrainingSummary,
     /// One entry per device, by device name.
     pub devices: Vec<DeviceTransfer>,
+    /// Devices the caller left out of the run, each with why (e.g. too few
+    /// rows); [`train_fleet`] itself leaves none out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 impl FleetReport {
@@ -188,6 +192,7 @@ pub fn train_fleet(
             hidden: base.hidden_len(),
             base: base.training.clone(),
             devices: report,
+            skipped: Vec::new(),
         },
         base,
         devices: tuned,

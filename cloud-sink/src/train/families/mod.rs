@@ -124,7 +124,8 @@ pub struct HyperParams {
     /// Autoencoder fine-tuning: learning rate as a multiple of
     /// `ae_learning_rate` (default 0.1).
     pub ae_fine_tune_lr_scale: f64,
-    /// Autoencoder fine-tuning: most epochs (default 100).
+    /// Autoencoder fine-tuning: most epochs (default 400: early stopping,
+    /// not this cap, should end it; at 100 it ran to the cap).
     pub ae_fine_tune_epochs: usize,
     /// Autoencoder: epochs without validation improvement before stopping
     /// (default 10).
@@ -146,7 +147,7 @@ impl Default for HyperParams {
             ae_batch_size: 32,
             ae_learning_rate: 1e-2,
             ae_fine_tune_lr_scale: 0.1,
-            ae_fine_tune_epochs: 100,
+            ae_fine_tune_epochs: 400,
             ae_patience: 10,
             seed: 1,
         }
