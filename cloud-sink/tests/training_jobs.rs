@@ -700,8 +700,9 @@ impl Storage for GatedStorage {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_refuses_jobs_with_503_and_accepts_again_once_it_drains() {
+/// A sink with a queue of one whose storage holds reads until released, and
+/// a job submitted and held in its `loading` stage.
+async fn start_with_a_job_held_in_loading() -> (Sink, Arc<GatedStorage>, u64) {
     let dir = tempfile::tempdir().unwrap();
     let (mut config, token) = config_with_operator(dir.path());
     config.training.queue_capacity = 1;
@@ -717,6 +718,12 @@ async fn a_full_queue_refuses_jobs_with_503_and_accepts_again_once_it_drains() {
         j["state"] == "running" && j["stage"] == "loading"
     })
     .await;
+    (sink, gated, running)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_jobs_with_503_and_accepts_again_once_it_drains() {
+    let (sink, gated, running) = start_with_a_job_held_in_loading().await;
     let queued = submit(&sink, json!({"family": "gaussian"})).await;
     let resp = with_json(
         client()
@@ -761,21 +768,7 @@ async fn a_full_queue_refuses_jobs_with_503_and_accepts_again_once_it_drains() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_queued_job_never_runs_and_finished_or_unknown_jobs_are_not_cancelled() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut config, token) = config_with_operator(dir.path());
-    config.training.queue_capacity = 1;
-    let gated = Arc::new(GatedStorage {
-        inner: SqliteStorage::open(&dir.path().join("sink.db"), Duration::from_secs(5)).unwrap(),
-        open: Mutex::new(false),
-        changed: Condvar::new(),
-    });
-    let sink = start_with(dir, config, token, Some(gated.clone() as Arc<dyn Storage>)).await;
-
-    let running = submit(&sink, json!({"family": "gaussian"})).await;
-    wait_job(&sink, running, Duration::from_secs(30), |j| {
-        j["state"] == "running" && j["stage"] == "loading"
-    })
-    .await;
+    let (sink, gated, running) = start_with_a_job_held_in_loading().await;
     let queued = submit(&sink, json!({"family": "gaussian"})).await;
     let (status, cancelled) = cancel(&sink, queued).await;
     assert_eq!(status, StatusCode::OK, "{cancelled}");
