@@ -97,6 +97,10 @@ pub enum TrainError {
         "column `{name}` is constant ({value}); exclude it (--exclude) or give data where it varies"
     )]
     ConstantColumn { name: String, value: f64 },
+    #[error(
+        "column `{name}` reaches {value:e}, beyond what f32 holds (the exported model computes in f32); rescale it or exclude it (--exclude)"
+    )]
+    OutOfF32Range { name: String, value: f64 },
     #[error("value at row {row}, column `{column}` is not finite ({value})")]
     NotFinite {
         row: usize,
@@ -161,6 +165,7 @@ impl TrainError {
             TrainError::TooFewRows { .. } => "too_few_rows",
             TrainError::DuplicateRows { .. } => "duplicate_rows",
             TrainError::ConstantColumn { .. } => "constant_column",
+            TrainError::OutOfF32Range { .. } => "out_of_range",
             TrainError::NotFinite { .. } => "non_finite_value",
             TrainError::Singular { .. } => "singular",
             TrainError::NeedLabels { .. } => "need_labels",

@@ -200,9 +200,16 @@ impl Pipeline {
             } else {
                 (to_f32_exact(c), to_f32_exact(s))
             };
-            if !(s as f32).is_normal() || !(c as f32).is_finite() {
+            let column = || names.get(j).cloned().unwrap_or_else(|| format!("#{j}"));
+            if !(c as f32).is_finite() || !(s as f32).is_finite() {
+                return Err(TrainError::OutOfF32Range {
+                    name: column(),
+                    value: if (c as f32).is_finite() { s } else { c },
+                });
+            }
+            if !(s as f32).is_normal() {
                 return Err(TrainError::ConstantColumn {
-                    name: names.get(j).cloned().unwrap_or_else(|| format!("#{j}")),
+                    name: column(),
                     value: c,
                 });
             }
@@ -401,6 +408,39 @@ impl Pca {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameters_are_f32_values_counts_get_scale_one_and_f32_overflow_is_named() {
+        let n = 50;
+        let x = DMatrix::from_fn(n, 3, |i, j| match j {
+            0 => 181_196.4 + 0.1 * (i % 7) as f64,
+            1 => 0.0,
+            _ => 1.0 + (i % 3) as f64,
+        });
+        let names: Vec<String> = ["p.mean", "p.repeats", "q.mean"].map(String::from).to_vec();
+        let p = Pipeline::fit(&x, &names, &[], &[], Scaling::Plain).unwrap();
+        for v in p.center.iter().chain(&p.scale) {
+            assert_eq!(f64::from(*v as f32), *v, "{v} is not an f32 value");
+        }
+        assert_eq!((p.center[1], p.scale[1]), (0.0, 1.0));
+        // A constant column that is not a count is still refused.
+        let names: Vec<String> = ["p.mean", "p.min", "q.mean"].map(String::from).to_vec();
+        let err = Pipeline::fit(&x, &names, &[], &[], Scaling::Plain).unwrap_err();
+        assert!(
+            matches!(&err, TrainError::ConstantColumn { name, .. } if name == "p.min"),
+            "{err}"
+        );
+        let mut big = x.clone();
+        big.column_mut(1)
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = 1e39 * (1.0 + i as f64));
+        let err = Pipeline::fit(&big, &names, &[], &[], Scaling::Plain).unwrap_err();
+        assert!(
+            matches!(&err, TrainError::OutOfF32Range { name, .. } if name == "p.min"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_zero_spread_is_far_out_only_on_the_log_scale() {
