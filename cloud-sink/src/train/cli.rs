@@ -47,7 +47,7 @@ pub struct TrainArgs {
     /// Columns or channels to leave out, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub exclude: Vec<String>,
-    /// auto | pca | gaussian | forecast | classifier | autoencoder. `auto` needs labels.
+    /// auto | pca | gaussian | weighted_gaussian | forecast | classifier | autoencoder. `auto` needs labels (and compares pca, gaussian, forecast, classifier).
     #[arg(long, default_value = "auto")]
     pub family: String,
     /// Output directory: model.json, model.onnx, manifest.json, report.json, report.html (with --fleet also devices/<device>/).
