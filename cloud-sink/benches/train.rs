@@ -10,8 +10,10 @@
 //! pressure and vibration with noise), with labelled step anomalies on about
 //! 2 % of frames, written as one CSV file. Each family is trained through
 //! `run::train` exactly as `outpost-cloud-sink train --family F` does it:
-//! read and window the CSV, 5 stratified folds (the forecaster also k-fold and
-//! forward-chaining), the final fit, the threshold, held-out metrics.
+//! read and window the CSV, 5 folds — by device, since the data is labelled
+//! and has 10 pumps: 8 train, 2 held out, so 5 folds of 1–2 pumps (the
+//! forecaster also k-fold and forward-chaining) — the final fit, the
+//! threshold, held-out metrics.
 //!
 //! The in-run baseline is **reading and windowing the same file once**
 //! (`load_files` + `build_samples`), the work every family repeats before it
