@@ -66,15 +66,7 @@ pub struct Gaussian {
 
 impl Gaussian {
     pub fn fit(z: &DMatrix<f64>, names: &[String]) -> Result<Self, TrainError> {
-        let (mean, cov, shrinkage) = covariance(z, names, None)?;
-        let eig = eigen(cov)?;
-        Ok(FleetFit {
-            mean,
-            directions: eig.eigenvectors,
-            variances: eig.eigenvalues.iter().copied().collect(),
-            shrinkage,
-        }
-        .into_gaussian(None, 0.0))
+        Ok(decompose(z, names, None)?.into_gaussian(None, 0.0))
     }
 
     /// Fits for devices outside the training set (see the module docs).
@@ -174,7 +166,17 @@ fn fleet_fit(
     names: &[String],
     devices: &[String],
 ) -> Result<FleetFit, TrainError> {
-    let (mean, cov, shrinkage) = covariance(z, names, between_device_variance(z, devices))?;
+    decompose(z, names, between_device_variance(z, devices))
+}
+
+/// The shrunk covariance of `z` (plus `between` on its diagonal), as its
+/// eigen-decomposition.
+fn decompose(
+    z: &DMatrix<f64>,
+    names: &[String],
+    between: Option<DVector<f64>>,
+) -> Result<FleetFit, TrainError> {
+    let (mean, cov, shrinkage) = covariance(z, names, between)?;
     let eig = eigen(cov)?;
     Ok(FleetFit {
         mean,
