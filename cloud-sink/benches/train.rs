@@ -147,6 +147,7 @@ fn main() -> anyhow::Result<()> {
             stats: opts.stats.clone(),
             bands: None,
             raw: false,
+            categorical: Vec::new(),
         };
         let w = WindowOptions {
             len: WINDOW,

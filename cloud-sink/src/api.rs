@@ -832,6 +832,8 @@ pub struct JobBody {
     pub log_spread: Option<bool>,
     /// Frame period, e.g. `1s`; default `training.period`.
     pub period: Option<String>,
+    /// Channels carrying integer codes, one-hot encoded (`train --categorical`).
+    pub categorical: Option<Vec<String>>,
 }
 
 async fn submit_job(
@@ -871,6 +873,7 @@ async fn submit_job(
         stats: body.stats.as_deref(),
         log_spread: body.log_spread,
         period,
+        categorical: body.categorical.as_deref(),
     };
     let spec = JobSpec::check(&input, state.jobs.settings().default_period).map_err(|p| {
         bad(p

@@ -140,6 +140,9 @@ pub struct ScheduleConfig {
     /// Frame period; absent: `training.period`.
     #[serde(default, with = "humantime_serde")]
     pub period: Option<Duration>,
+    /// Channels carrying integer codes (`train --categorical`); absent: none.
+    #[serde(default)]
+    pub categorical: Option<Vec<String>>,
 }
 
 /// `[tls]`: both paths are required when the section is present.
@@ -696,6 +699,7 @@ fn schedule_input(s: &ScheduleConfig) -> crate::train::jobs::SpecInput<'_> {
         stats: s.stats.as_deref(),
         log_spread: s.log_spread,
         period: s.period,
+        categorical: s.categorical.as_deref(),
     }
 }
 

@@ -78,7 +78,7 @@ fn a_trained_autoencoder_exports_to_onnx_that_tract_scores_like_the_reference() 
         &out,
         &outcome.model,
         &outcome.report,
-        &outcome.heldout.x,
+        &outcome.heldout,
         "pump-ae",
     )
     .unwrap();
@@ -96,16 +96,16 @@ fn a_trained_autoencoder_exports_to_onnx_that_tract_scores_like_the_reference() 
     // every held-out window with one feature shifted by 10 standard deviations.
     let onnx = std::fs::read(out.join("model.onnx")).unwrap();
     let manifest = export::manifest(&outcome.model, &outcome.report, "pump-ae").unwrap();
-    let mut shifted = outcome.heldout.x.clone();
+    let mut shifted = outcome.heldout.clone();
     let scale = &outcome.model.pipeline.scale;
-    for (i, mut row) in shifted.row_iter_mut().enumerate() {
+    for (i, mut row) in shifted.x.row_iter_mut().enumerate() {
         let j = i % scale.len();
         row[j] += 10.0 * scale[j];
     }
     let check = export::check(&outcome.model, &onnx, &manifest, &shifted).unwrap();
     println!("shifted check: {check:?}");
     assert!(check.passed, "{check:?}");
-    let z = outcome.model.pipeline.transform(&shifted, &[]).unwrap();
+    let z = outcome.model.pipeline.transform(&shifted.x, &[]).unwrap();
     let far = outcome.model.model.score(&z).unwrap();
     assert!(far.iter().any(|s| *s > 1.0), "no score above 1: {far:?}");
 

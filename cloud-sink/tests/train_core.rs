@@ -537,6 +537,7 @@ fn windows_drop_gaps_or_forward_fill_within_the_tolerance() {
         stats: vec![protocol::features::Stat::Mean],
         bands: None,
         raw: false,
+        categorical: Vec::new(),
     };
     let w = |missing| WindowOptions {
         len: 2,

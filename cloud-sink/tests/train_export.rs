@@ -89,7 +89,7 @@ fn every_family_exports_to_onnx_that_tract_scores_like_the_reference() {
             &out,
             &outcome.model,
             &outcome.report,
-            &outcome.heldout.x,
+            &outcome.heldout,
             "test",
         )
         .unwrap_or_else(|e| panic!("{}: {e}", family.name()));
@@ -163,7 +163,7 @@ fn log_spreads_repeat_counts_and_large_offsets_export_within_tolerance() {
             &out,
             &outcome.model,
             &outcome.report,
-            &outcome.heldout.x,
+            &outcome.heldout,
             "test",
         )
         .unwrap_or_else(|e| panic!("{}: {e}", family.name()));
@@ -190,7 +190,7 @@ fn an_export_that_does_not_match_the_reference_is_refused_and_cannot_be_register
     g.whitening[(0, 0)] += 1e-3;
     let onnx = export::graph(&faulty).unwrap();
     let manifest = export::manifest(&outcome.model, &outcome.report, "t").unwrap();
-    let check = export::check(&outcome.model, &onnx, &manifest, &outcome.heldout.x).unwrap();
+    let check = export::check(&outcome.model, &onnx, &manifest, &outcome.heldout).unwrap();
     assert!(!check.passed, "{check:?}");
     assert!(check.max_abs_diff > 1e-5);
     let registry = Registry::open(&dir.path().join("sink.db")).unwrap();
@@ -198,7 +198,7 @@ fn an_export_that_does_not_match_the_reference_is_refused_and_cannot_be_register
     assert!(matches!(err, TrainError::Export(_)), "{err}");
     // The honest export passes and registers.
     let onnx = export::graph(&outcome.model).unwrap();
-    let ok = export::check(&outcome.model, &onnx, &manifest, &outcome.heldout.x).unwrap();
+    let ok = export::check(&outcome.model, &onnx, &manifest, &outcome.heldout).unwrap();
     assert!(ok.passed, "{ok:?}");
     assert!(registry.register(&version("fleet"), &ok).is_ok());
 }
@@ -324,4 +324,173 @@ fn auto_without_labels_asks_for_a_family_and_a_constant_channel_is_named() {
     o.window_len = 1;
     let err = run::train(&o, &ProgressBar::hidden()).unwrap_err();
     assert!(err.to_string().contains("stuck"), "{err}");
+}
+
+/// The fleet plus `mode`, an operating mode 0/1/2 that changes every 40 to
+/// 80 rows and raises `current` by 0.3 per step. pump-3 writes it as `2.0`
+/// (a float column of whole numbers): the same codes.
+fn fleet_with_mode_csv(dir: &Path, rows_per_device: usize) -> PathBuf {
+    let input = fleet_csv(dir, rows_per_device);
+    let text = std::fs::read_to_string(&input).unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut out = String::new();
+    let (mut mode, mut left, mut device) = (0u8, 0usize, String::new());
+    for (i, line) in text.lines().enumerate() {
+        let (head, label) = line.rsplit_once(',').unwrap();
+        if i == 0 {
+            writeln!(out, "{head},mode,{label}").unwrap();
+            continue;
+        }
+        let fields: Vec<&str> = head.split(',').collect();
+        if fields[1] != device {
+            (device, mode, left) = (fields[1].to_owned(), 0, 0);
+        }
+        if left == 0 {
+            mode = rng.random_range(0..3u8);
+            left = rng.random_range(40..80usize);
+        }
+        left -= 1;
+        let current: f64 = fields[3].parse::<f64>().unwrap() + 0.3 * f64::from(mode);
+        let mode_cell = if device == "pump-3" {
+            format!("{mode}.0")
+        } else {
+            mode.to_string()
+        };
+        writeln!(
+            out,
+            "{},{},{},{current:.5},{},{mode_cell},{label}",
+            fields[0], fields[1], fields[2], fields[4]
+        )
+        .unwrap();
+    }
+    std::fs::write(&input, out).unwrap();
+    input
+}
+
+#[test]
+fn a_numeric_column_declared_categorical_exports_its_codes_and_passes_the_parity_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fleet_with_mode_csv(dir.path(), 600);
+    for family in [
+        FamilyKind::Gaussian,
+        FamilyKind::Pca,
+        FamilyKind::Classifier,
+    ] {
+        let mut o = options(input.clone(), Some(family));
+        o.columns.categorical = vec!["mode".into()];
+        let outcome = run::train(&o, &ProgressBar::hidden())
+            .unwrap_or_else(|e| panic!("{}: {e}", family.name()));
+        assert_eq!(outcome.model.channels, ["flow", "current", "temp"]);
+        assert_eq!(outcome.model.categorical, ["mode"]);
+        assert_eq!(
+            outcome.model.pipeline.one_hot[0].categories,
+            ["0", "1", "2"],
+            "`2.0` is the code 2"
+        );
+        let out = dir.path().join(family.name());
+        std::fs::create_dir_all(&out).unwrap();
+        let check = export::export(
+            &out,
+            &outcome.model,
+            &outcome.report,
+            &outcome.heldout,
+            "test",
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", family.name()));
+        assert!(
+            check.passed && check.max_abs_diff <= 1e-5,
+            "{}: {check:?}",
+            family.name()
+        );
+        assert_eq!(check.rows, outcome.heldout.len());
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            manifest["features"]["categorical"],
+            serde_json::json!([{"channel": "mode", "codes": [0, 1, 2]}])
+        );
+        assert_eq!(
+            manifest["input"]["channels"],
+            serde_json::json!(["flow", "current", "temp", "mode"])
+        );
+        let m =
+            outpost_models::Model::load_files(&out.join("model.onnx"), &out.join("manifest.json"))
+                .unwrap();
+        assert_eq!(m.feature_count(), outcome.heldout.x.ncols() + 3);
+    }
+
+    // The check feeds the graph what the gateway computes from the manifest:
+    // codes listed in another order than the pipeline's columns fail it.
+    let mut o = options(input.clone(), Some(FamilyKind::Gaussian));
+    o.columns.categorical = vec!["mode".into()];
+    let outcome = run::train(&o, &ProgressBar::hidden()).unwrap();
+    let onnx = export::graph(&outcome.model).unwrap();
+    let mut manifest = export::manifest(&outcome.model, &outcome.report, "t").unwrap();
+    let ok = export::check(&outcome.model, &onnx, &manifest, &outcome.heldout).unwrap();
+    assert!(ok.passed, "{ok:?}");
+    manifest.features.categorical[0].codes.reverse();
+    let swapped = export::check(&outcome.model, &onnx, &manifest, &outcome.heldout).unwrap();
+    assert!(!swapped.passed, "{swapped:?}");
+
+    // evaluate and score read `mode` as codes again from the model.
+    let model_dir = dir.path().join("saved");
+    run::write_outputs(&model_dir, &outcome).unwrap();
+    let metrics = run::evaluate(&model_dir, std::slice::from_ref(&input), "label").unwrap();
+    assert!(metrics.f1.is_some(), "{metrics:?}");
+    let rows = run::score(&model_dir, &input, &dir.path().join("scores.csv")).unwrap();
+    assert!(rows.iter().filter(|r| r.score.is_some()).count() > 2000);
+}
+
+#[test]
+fn text_categories_train_and_score_but_refuse_export_naming_the_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fleet_with_mode_csv(dir.path(), 400);
+    let text = std::fs::read_to_string(&input).unwrap();
+    // `mode` as words: a text column, categorical without being declared.
+    let mut words = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let mut fields: Vec<String> = line.split(',').map(str::to_owned).collect();
+        if i > 0 {
+            let m = fields[5].parse::<f64>().unwrap() as usize;
+            fields[5] = ["idle", "run", "purge"][m].to_owned();
+        }
+        writeln!(words, "{}", fields.join(",")).unwrap();
+    }
+    let path = dir.path().join("words.csv");
+    std::fs::write(&path, words).unwrap();
+    let outcome = run::train(
+        &options(path.clone(), Some(FamilyKind::Gaussian)),
+        &ProgressBar::hidden(),
+    )
+    .unwrap();
+    assert_eq!(outcome.model.categorical, ["mode"]);
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let err = export::export(
+        &out,
+        &outcome.model,
+        &outcome.report,
+        &outcome.heldout,
+        "test",
+    )
+    .unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, TrainError::Export(_)), "{message}");
+    assert!(
+        message.contains("categorical channel `mode`") && message.contains("integer codes"),
+        "{message}"
+    );
+    assert!(!out.join("model.onnx").exists() && !out.join("manifest.json").exists());
+    // model.json still evaluates and scores.
+    run::write_outputs(&out, &outcome).unwrap();
+    assert!(run::evaluate(&out, std::slice::from_ref(&path), "label").is_ok());
+    let rows = run::score(&out, &path, &dir.path().join("s.csv")).unwrap();
+    assert!(rows.iter().any(|r| r.score.is_some()));
+
+    // Declaring a column that is not there names it.
+    let mut o = options(input, Some(FamilyKind::Gaussian));
+    o.columns.categorical = vec!["gear".into()];
+    let err = run::train(&o, &ProgressBar::hidden()).unwrap_err();
+    assert!(err.to_string().contains("`gear` is not a channel"), "{err}");
 }

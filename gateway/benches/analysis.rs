@@ -217,6 +217,7 @@ fn spec() -> FeatureSpec {
         stats: vec![Stat::Mean, Stat::Std, Stat::Min, Stat::Max, Stat::Slope],
         bands: None,
         raw: false,
+        categorical: Vec::new(),
     }
 }
 

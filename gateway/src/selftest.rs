@@ -116,6 +116,7 @@ fn score_windows(readings: &[Reading]) -> Result<(u64, f64), SelfTestError> {
         stats: vec![Stat::Mean, Stat::Std],
         bands: None,
         raw: false,
+        categorical: Vec::new(),
     };
     let manifest = ModelManifest {
         format: MANIFEST_FORMAT,

@@ -1,6 +1,7 @@
 //! Analysis wired to the real ingest stage and outbox: ring overflow is
 //! counted while every envelope is still acknowledged; alerts are raised by
-//! the worker threads; a model swap keeps the windows.
+//! the worker threads; a model swap keeps the windows; a model with a
+//! categorical channel scores its one-hot codes.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use outpost_gateway::outbox::Outbox;
 use outpost_models::Model;
 use outpost_models::builder::graphs;
 use prometheus_client::registry::Registry;
-use protocol::features::{FeatureSpec, Stat};
+use protocol::features::{CategoricalSpec, FeatureSpec, Stat};
 use protocol::manifest::{
     Hysteresis, InputSpec, MANIFEST_FORMAT, ModelFamily, ModelManifest, ModelMetadata, ScoreSpec,
 };
@@ -182,6 +183,7 @@ fn manifest(threshold: f64) -> ModelManifest {
             stats: vec![Stat::Mean],
             bands: None,
             raw: false,
+            categorical: Vec::new(),
         },
         score: ScoreSpec {
             threshold,
@@ -230,4 +232,66 @@ fn a_hot_swapped_model_with_the_same_input_keeps_the_windows_and_takes_over_scor
     assert_eq!(alerts[0].model, "energy");
     assert_eq!(alerts[0].model_version, 3);
     assert_eq!(alerts[0].start, Timestamp(60 * 1_000_000_000));
+}
+
+/// `pump-1` at second `t`: `a`, `b`, then `mode` read twice within the
+/// second (at +0.2 s and +0.7 s; the frame at `t + 1` holds the later).
+fn pack_with_mode(t: i64, early: f64, late: f64) -> Vec<Reading> {
+    let mut readings = pack("pump-1", t, 0.0);
+    for (offset, mode) in [(200_000_000, early), (700_000_000, late)] {
+        readings.push(
+            Reading::new(
+                "pump-1",
+                "mode",
+                Timestamp(t * 1_000_000_000 + offset),
+                mode,
+            )
+            .unwrap(),
+        );
+    }
+    readings
+}
+
+#[test]
+fn a_model_with_a_categorical_channel_scores_the_mode_of_the_windows_last_frame() {
+    // Features: mean a, mean b, mode=0, mode=1. The model's energy is the
+    // mean squared z with centre (10, 100, 1, 0): mode 0 scores ≈ 0; mode 1
+    // puts ±10 on both one-hot columns, (100 + 100) / 4 = 50; a mode of 0.5
+    // (an average of two readings) would match no code: 100 / 4 = 25.
+    let mut man = manifest(10.0);
+    man.input.channels.push("mode".into());
+    man.features.categorical = vec![CategoricalSpec {
+        channel: "mode".into(),
+        codes: vec![0, 1],
+    }];
+    let onnx =
+        graphs::standardized_energy(&[10.0, 100.0, 1.0, 0.0], &[1.0, 1.0, 0.1, 0.1]).unwrap();
+    let model = Model::load(&onnx, man).unwrap();
+    assert_eq!(model.feature_count(), 4);
+    let am = AnalysisMetrics::new(&mut Registry::default());
+    let slots = Arc::new(ModelSlots::new(Some(model), None, am.clone()));
+    let mut shard = Shard::new(fallback_cfg(), slots, am.clone()).unwrap();
+    let mut alerts: Vec<Alert> = Vec::new();
+    let now = Instant::now();
+    for t in 0..80 {
+        // Seconds 60–62: mode 0 then 1 within each second. Frames 61–63
+        // hold 1; the window of frames 60–63 ends in mode 1.
+        let late = if (60..63).contains(&t) { 1.0 } else { 0.0 };
+        for r in pack_with_mode(t, 0.0, late) {
+            shard.push(&r, now, &mut |a| alerts.push(a));
+        }
+    }
+    shard.flush(now, &mut |a| alerts.push(a));
+    let by_model = am
+        .windows_scored
+        .get_or_create(&ScorerLabel { scorer: "model" })
+        .get();
+    assert!(by_model >= 19, "windows ending at 3, 7, …, 79: {by_model}");
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let alert = &alerts[0];
+    assert_eq!(alert.model, "energy");
+    assert_eq!(alert.start, Timestamp(60 * 1_000_000_000));
+    // The mode's one-hot moved the score, by exactly the code columns:
+    // (mean a − 10)² + (mean b − 100)² ≤ 2 · 0.5², so within 0.125 of 50.
+    assert!((alert.score - 50.0).abs() < 0.2, "score {}", alert.score);
 }

@@ -33,6 +33,7 @@ fn manifest(channels: usize) -> ModelManifest {
             stats: vec![Stat::Mean, Stat::Std],
             bands: None,
             raw: false,
+            categorical: Vec::new(),
         },
         score: ScoreSpec {
             threshold: 1.0,

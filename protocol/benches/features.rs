@@ -55,6 +55,7 @@ fn spec(bands: bool) -> FeatureSpec {
             detrend: true,
         }),
         raw: false,
+        categorical: Vec::new(),
     }
 }
 

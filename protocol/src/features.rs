@@ -17,8 +17,20 @@
 //!    `{channel}.{stat}`, e.g. `temperature.mean`;
 //! 2. band energies, in the order of `bands.channels`: `b0.band0 … b0.band(K-1),
 //!    b1.band0, …` — named `{channel}.band{k}`, `k` counted from 0;
-//! 3. when `raw`, the window itself, time-major exactly as the window holds it:
-//!    `raw.t0.c0, raw.t0.c1, …, raw.t1.c0, …` — named `raw.t{row}.{channel}`.
+//! 3. when `raw`, the window's `channels` columns, time-major:
+//!    `raw.t0.c0, raw.t0.c1, …, raw.t1.c0, …` — named `raw.t{row}.{channel}`;
+//! 4. one-hot codes of the categorical channels `k0 … k(K-1)`, in the order of
+//!    `categorical`, each with its codes in the listed order: 1.0 when the
+//!    window's **last** row equals the code exactly, else 0.0 — named
+//!    `{channel}={code}`, e.g. `mode=2`. A value that is no listed code (an
+//!    unseen mode, or not an integer) gives all zeros for that channel.
+//!
+//! The window's columns are `channels` followed by the categorical channels:
+//! `C + K` columns, `c0 … c(C-1), k0 … k(K-1)`. Statistics, bands and raw
+//! see only the first `C`; a categorical column only feeds its one-hot
+//! section (a mode's mean or spectrum means nothing). The gateway's frames
+//! hold the last reading of a channel, never an average, so a code stays a
+//! code.
 //!
 //! # Definitions
 //!
@@ -86,6 +98,9 @@ pub const MAX_WINDOW_LEN: usize = 1 << 16;
 pub const MAX_CHANNELS: usize = 1024;
 /// Most features one spec may produce for one window.
 pub const MAX_FEATURES: usize = 1 << 20;
+/// Largest magnitude of a categorical code: every integer up to 2^53 is
+/// exactly an f64, so a window value equals the code exactly or not at all.
+pub const MAX_CODE: i64 = 1 << 53;
 
 /// A statistic computed over one channel of a window. See the module
 /// documentation for the exact definitions.
@@ -176,6 +191,18 @@ pub struct BandSpec {
     pub detrend: bool,
 }
 
+/// A categorical channel: a numeric channel carrying integer codes (an
+/// operating mode 0/1/2, say), one-hot encoded from the window's last row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoricalSpec {
+    /// The channel; not one of the spec's `channels`.
+    pub channel: String,
+    /// The codes that get a column, in column order; at most [`MAX_CODE`]
+    /// in magnitude.
+    pub codes: Vec<i64>,
+}
+
 /// Which features to compute from a window. Serialized into model manifests.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -192,6 +219,11 @@ pub struct FeatureSpec {
     /// Append the window itself (row-major, time-major) — for autoencoders.
     #[serde(default)]
     pub raw: bool,
+    /// Categorical channels, one-hot encoded last (see the module docs);
+    /// the window holds them after `channels`. Absent when empty, so specs
+    /// without them serialize as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categorical: Vec<CategoricalSpec>,
 }
 
 /// One thing wrong with a list of channel names. Shared by every spec that
@@ -260,8 +292,38 @@ pub enum SpecProblem {
     DuplicateBandChannel { name: String },
     #[error("`bands.count` is 0")]
     ZeroBands,
-    #[error("the spec produces no features (no `stats`, no `bands`, `raw` false)")]
+    #[error(
+        "the spec produces no features (no `stats`, no `bands`, `raw` false, no `categorical`)"
+    )]
     NoFeatures,
+    #[error("`categorical[{index}].channel` is empty")]
+    EmptyCategoricalChannel { index: usize },
+    #[error("`categorical[{index}].channel` is {len} bytes long, limit is {limit}")]
+    CategoricalChannelTooLong {
+        index: usize,
+        len: usize,
+        limit: usize,
+    },
+    #[error("`categorical` names `{name}` twice")]
+    DuplicateCategoricalChannel { name: String },
+    #[error(
+        "`categorical` names `{name}`, which is also in `channels` (a channel is numeric or categorical, not both)"
+    )]
+    CategoricalAlsoNumeric { name: String },
+    #[error("`categorical` channel `{channel}` has no codes")]
+    NoCodes { channel: String },
+    #[error("`categorical` channel `{channel}` lists code {code} twice")]
+    DuplicateCode { channel: String, code: i64 },
+    #[error(
+        "`categorical` channel `{channel}` has code {code}, beyond ±{limit} (not exact as a reading value)"
+    )]
+    CodeOutOfRange {
+        channel: String,
+        code: i64,
+        limit: i64,
+    },
+    #[error("`channels` and `categorical` name {count} channels together, limit is {limit}")]
+    TooManyWindowChannels { count: usize, limit: usize },
     #[error("window length {window_len} is too short, at least {min} rows are needed")]
     WindowTooShort { window_len: usize, min: usize },
     #[error("window length {window_len} is too long, limit is {limit}")]
@@ -382,10 +444,70 @@ impl FeatureSpec {
                 problems.push(SpecProblem::ZeroBands);
             }
         }
-        if self.stats.is_empty() && self.bands.is_none() && !self.raw {
+        self.categorical_problems(&mut problems);
+        if self.stats.is_empty() && self.bands.is_none() && !self.raw && self.categorical.is_empty()
+        {
             problems.push(SpecProblem::NoFeatures);
         }
         problems
+    }
+
+    fn categorical_problems(&self, problems: &mut Vec<SpecProblem>) {
+        let width = self.channels.len().saturating_add(self.categorical.len());
+        if !self.categorical.is_empty() && width > MAX_CHANNELS {
+            problems.push(SpecProblem::TooManyWindowChannels {
+                count: width,
+                limit: MAX_CHANNELS,
+            });
+        }
+        let mut seen = HashSet::new();
+        for (index, cat) in self.categorical.iter().enumerate() {
+            let name = &cat.channel;
+            if name.is_empty() {
+                problems.push(SpecProblem::EmptyCategoricalChannel { index });
+            } else if name.len() > MAX_NAME_LEN {
+                problems.push(SpecProblem::CategoricalChannelTooLong {
+                    index,
+                    len: name.len(),
+                    limit: MAX_NAME_LEN,
+                });
+            }
+            if !seen.insert(name.as_str()) {
+                problems.push(SpecProblem::DuplicateCategoricalChannel { name: name.clone() });
+            }
+            if self.channels.contains(name) {
+                problems.push(SpecProblem::CategoricalAlsoNumeric { name: name.clone() });
+            }
+            if cat.codes.is_empty() {
+                problems.push(SpecProblem::NoCodes {
+                    channel: name.clone(),
+                });
+            }
+            let mut codes = HashSet::new();
+            for &code in &cat.codes {
+                if !(-MAX_CODE..=MAX_CODE).contains(&code) {
+                    problems.push(SpecProblem::CodeOutOfRange {
+                        channel: name.clone(),
+                        code,
+                        limit: MAX_CODE,
+                    });
+                } else if !codes.insert(code) {
+                    problems.push(SpecProblem::DuplicateCode {
+                        channel: name.clone(),
+                        code,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The window's columns: `channels`, then the categorical channels.
+    pub fn window_channels(&self) -> Vec<String> {
+        self.channels
+            .iter()
+            .cloned()
+            .chain(self.categorical.iter().map(|c| c.channel.clone()))
+            .collect()
     }
 }
 
@@ -518,10 +640,11 @@ struct Acc {
     repeats: u32,
 }
 
-/// Statistics of every column of a row-major window with `n ≥ 2` rows, into
-/// `out` (one per channel). Both passes walk the rows, so the channels'
-/// accumulations interleave instead of waiting on one another.
-fn moments(values: &[f64], channels: usize, dt: f64, acc: &mut [Acc], out: &mut [Moments]) {
+/// Statistics of the first `acc.len()` columns of a row-major window with
+/// `stride` columns and `n ≥ 2` rows, into `out` (one per channel); the
+/// columns beyond (categorical) are skipped. Both passes walk the rows, so
+/// the channels' accumulations interleave instead of waiting on one another.
+fn moments(values: &[f64], stride: usize, dt: f64, acc: &mut [Acc], out: &mut [Moments]) {
     for a in acc.iter_mut() {
         *a = Acc {
             min: f64::INFINITY,
@@ -530,7 +653,7 @@ fn moments(values: &[f64], channels: usize, dt: f64, acc: &mut [Acc], out: &mut 
             ..Acc::default()
         };
     }
-    for row in values.chunks_exact(channels) {
+    for row in values.chunks_exact(stride) {
         for (a, &x) in acc.iter_mut().zip(row) {
             a.sum += x;
             a.min = a.min.min(x);
@@ -539,7 +662,7 @@ fn moments(values: &[f64], channels: usize, dt: f64, acc: &mut [Acc], out: &mut 
             a.prev = x;
         }
     }
-    let nf = (values.len() / channels) as f64;
+    let nf = (values.len() / stride) as f64;
     for a in acc.iter_mut() {
         a.mean0 = a.sum / nf;
         if a.min == a.max {
@@ -554,7 +677,7 @@ fn moments(values: &[f64], channels: usize, dt: f64, acc: &mut [Acc], out: &mut 
         a.inv = 1.0 / (a.scale * a.pre);
     }
     let half = (nf - 1.0) / 2.0;
-    for (i, row) in values.chunks_exact(channels).enumerate() {
+    for (i, row) in values.chunks_exact(stride).enumerate() {
         let k = i as f64 - half;
         for (a, &x) in acc.iter_mut().zip(row) {
             let d = (x - a.mean0) * a.pre * a.inv;
@@ -566,7 +689,7 @@ fn moments(values: &[f64], channels: usize, dt: f64, acc: &mut [Acc], out: &mut 
             a.sums[4] += k * d;
         }
     }
-    let last_row = &values[values.len() - channels..];
+    let last_row = &values[values.len() - stride..];
     for ((a, m), &last) in acc.iter().zip(out.iter_mut()).zip(last_row) {
         *m = finish(a, last, nf, dt);
     }
@@ -761,9 +884,11 @@ impl FeatureExtractor {
     /// On error the contents of `out` are unspecified.
     pub fn extract(&mut self, window: &Window<'_>, out: &mut [f64]) -> Result<(), FeatureError> {
         let channels = self.spec.channels.len();
-        if window.channels != channels {
+        // The window's width: numeric channels, then categorical ones.
+        let stride = channels + self.spec.categorical.len();
+        if window.channels != stride {
             return Err(FeatureError::ChannelMismatch {
-                expected: channels,
+                expected: stride,
                 got: window.channels,
             });
         }
@@ -784,7 +909,7 @@ impl FeatureExtractor {
         if !self.spec.stats.is_empty() {
             moments(
                 values,
-                channels,
+                stride,
                 window.dt_seconds,
                 &mut self.acc,
                 &mut self.moments,
@@ -799,14 +924,14 @@ impl FeatureExtractor {
         if let Some(fft) = &self.fft {
             for &col in &self.band_columns {
                 let mean = if self.detrend {
-                    column_mean(values, channels, col, n)
+                    column_mean(values, stride, col, n)
                 } else {
                     0.0
                 };
                 for ((b, x), w) in self
                     .buffer
                     .iter_mut()
-                    .zip(column(values, channels, col))
+                    .zip(column(values, stride, col))
                     .zip(&self.hann)
                 {
                     *b = Complex::new(w * (x - mean), 0.0);
@@ -825,7 +950,19 @@ impl FeatureExtractor {
             }
         }
         if self.spec.raw {
-            out[pos..pos + values.len()].copy_from_slice(values);
+            for row in values.chunks_exact(stride) {
+                out[pos..pos + channels].copy_from_slice(&row[..channels]);
+                pos += channels;
+            }
+        }
+        let last_row = &values[values.len() - stride..];
+        for (cat, &v) in self.spec.categorical.iter().zip(&last_row[channels..]) {
+            for &code in &cat.codes {
+                // Exact: |code| ≤ 2^53 is an exact f64 (validated), so a
+                // non-integer or unseen value matches no code.
+                out[pos] = if v == code as f64 { 1.0 } else { 0.0 };
+                pos += 1;
+            }
         }
         if let Some(index) = out.iter().position(|v| !v.is_finite()) {
             return Err(FeatureError::NonFiniteFeature {
@@ -888,7 +1025,14 @@ fn feature_count(spec: &FeatureSpec, window_len: usize) -> Option<usize> {
     } else {
         0
     };
-    stats.checked_add(bands)?.checked_add(raw)
+    let one_hot = spec
+        .categorical
+        .iter()
+        .try_fold(0usize, |n, cat| n.checked_add(cat.codes.len()))?;
+    stats
+        .checked_add(bands)?
+        .checked_add(raw)?
+        .checked_add(one_hot)
 }
 
 fn feature_names(spec: &FeatureSpec, window_len: usize, count: usize) -> Vec<String> {
@@ -910,6 +1054,11 @@ fn feature_names(spec: &FeatureSpec, window_len: usize, count: usize) -> Vec<Str
             for channel in &spec.channels {
                 names.push(format!("raw.t{t}.{channel}"));
             }
+        }
+    }
+    for cat in &spec.categorical {
+        for code in &cat.codes {
+            names.push(format!("{}={code}", cat.channel));
         }
     }
     names
@@ -946,6 +1095,7 @@ mod tests {
             stats: stats.to_vec(),
             bands: None,
             raw: false,
+            categorical: Vec::new(),
         }
     }
 
@@ -1083,6 +1233,7 @@ mod tests {
                 detrend: true,
             }),
             raw: true,
+            categorical: Vec::new(),
         };
         let extractor = FeatureExtractor::new(&spec, 4).expect("valid");
         let want = [
@@ -1135,6 +1286,7 @@ mod tests {
                 detrend,
             }),
             raw: false,
+            categorical: Vec::new(),
         }
     }
 
@@ -1214,6 +1366,7 @@ mod tests {
                 detrend: true,
             }),
             raw: false,
+            categorical: Vec::new(),
         };
         assert_eq!(
             problems(spec.validate()),
@@ -1243,6 +1396,7 @@ mod tests {
             stats: vec![],
             bands: None,
             raw: false,
+            categorical: Vec::new(),
         };
         assert_eq!(
             problems(empty.validate()),
@@ -1276,6 +1430,205 @@ mod tests {
                 name: "raw.t0.mean".into()
             }]
         );
+    }
+
+    fn cat(channel: &str, codes: &[i64]) -> CategoricalSpec {
+        CategoricalSpec {
+            channel: channel.into(),
+            codes: codes.to_vec(),
+        }
+    }
+
+    #[test]
+    fn categorical_channels_are_one_hot_encoded_from_the_last_row_only() {
+        // Window columns: x, then mode, then valve. 3 rows.
+        let spec = FeatureSpec {
+            raw: true,
+            categorical: vec![cat("mode", &[2, 0, 1]), cat("valve", &[1, 0])],
+            ..spec(&["x"], &[Stat::Mean, Stat::Max])
+        };
+        #[rustfmt::skip]
+        let values = [
+            1.0, 2.0, 0.0,
+            2.0, 2.0, 1.0,
+            6.0, 1.0, 7.0, // last row: mode 1; valve 7 is no listed code
+        ];
+        let window = Window::try_new(&values, 3, 1.0).expect("valid");
+        let mut x = FeatureExtractor::new(&spec, 3).expect("valid spec");
+        assert_eq!(
+            x.names(),
+            [
+                "x.mean", "x.max", "raw.t0.x", "raw.t1.x", "raw.t2.x", "mode=2", "mode=0",
+                "mode=1", "valve=1", "valve=0"
+            ]
+        );
+        let mut out = vec![f64::NAN; x.len()];
+        x.extract(&window, &mut out).expect("extracts");
+        // Statistics and raw see x only: mean 3, max 6 (not mode's or valve's).
+        assert_eq!(out, [3.0, 6.0, 1.0, 2.0, 6.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
+        assert_eq!(reference::extract(&spec, &values, 1.0), out);
+        assert_eq!(reference::names(&spec, 3), x.names());
+
+        // A mode change in the last row changes the one-hot section; 1.5 is
+        // no mode: all zeros for that channel.
+        let mut changed = values;
+        changed[7] = 2.0;
+        changed[8] = 0.0;
+        x.extract(&Window::try_new(&changed, 3, 1.0).unwrap(), &mut out)
+            .expect("extracts");
+        assert_eq!(&out[5..], [1.0, 0.0, 0.0, 0.0, 1.0]);
+        changed[7] = 1.5;
+        x.extract(&Window::try_new(&changed, 3, 1.0).unwrap(), &mut out)
+            .expect("extracts");
+        assert_eq!(&out[5..], [0.0, 0.0, 0.0, 0.0, 1.0]);
+        // An earlier row's mode plays no part.
+        changed[7] = 0.0;
+        changed[1] = 5.0;
+        x.extract(&Window::try_new(&changed, 3, 1.0).unwrap(), &mut out)
+            .expect("extracts");
+        assert_eq!(&out[5..], [0.0, 1.0, 0.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn a_window_without_its_categorical_columns_is_refused() {
+        let spec = FeatureSpec {
+            categorical: vec![cat("mode", &[0, 1])],
+            ..spec(&["x", "y"], &[Stat::Mean])
+        };
+        let mut x = FeatureExtractor::new(&spec, 2).expect("valid spec");
+        assert_eq!(x.len(), 4);
+        let mut out = [0.0; 4];
+        let numeric_only = Window::try_new(&[0.0; 4], 2, 1.0).expect("valid");
+        assert_eq!(
+            x.extract(&numeric_only, &mut out),
+            Err(FeatureError::ChannelMismatch {
+                expected: 3,
+                got: 2
+            })
+        );
+    }
+
+    #[test]
+    fn bands_of_a_spec_with_categorical_channels_read_the_right_column() {
+        let plain = FeatureSpec {
+            bands: Some(BandSpec {
+                channels: vec!["y".into()],
+                count: 2,
+                detrend: true,
+            }),
+            ..spec(&["x", "y"], &[Stat::Std, Stat::Slope, Stat::Repeats])
+        };
+        let with_mode = FeatureSpec {
+            categorical: vec![cat("mode", &[3])],
+            ..plain.clone()
+        };
+        let xy = [1.0, 2.0, 3.0, 5.0, 2.0, 7.0, 4.0, 1.0];
+        let xym: Vec<f64> = xy.chunks(2).flat_map(|r| [r[0], r[1], 3.0]).collect();
+        let a = features(&plain, &xy, 0.5);
+        let mut x = FeatureExtractor::new(&with_mode, 4).expect("valid spec");
+        let mut b = vec![f64::NAN; x.len()];
+        x.extract(&Window::try_new(&xym, 3, 0.5).unwrap(), &mut b)
+            .expect("extracts");
+        assert_eq!(&b[..a.len()], a.as_slice());
+        assert_eq!(b[a.len()..], [1.0]);
+    }
+
+    #[test]
+    fn bad_categorical_specs_name_every_problem() {
+        let bad = FeatureSpec {
+            categorical: vec![
+                cat("x", &[0]),
+                cat("", &[1]),
+                cat("mode", &[]),
+                cat("mode", &[1, 1, MAX_CODE + 1, -MAX_CODE]),
+                cat(&"m".repeat(MAX_NAME_LEN + 1), &[0]),
+            ],
+            ..spec(&["x"], &[Stat::Mean])
+        };
+        assert_eq!(
+            problems(bad.validate()),
+            vec![
+                SpecProblem::CategoricalAlsoNumeric { name: "x".into() },
+                SpecProblem::EmptyCategoricalChannel { index: 1 },
+                SpecProblem::NoCodes {
+                    channel: "mode".into()
+                },
+                SpecProblem::DuplicateCategoricalChannel {
+                    name: "mode".into()
+                },
+                SpecProblem::DuplicateCode {
+                    channel: "mode".into(),
+                    code: 1
+                },
+                SpecProblem::CodeOutOfRange {
+                    channel: "mode".into(),
+                    code: MAX_CODE + 1,
+                    limit: MAX_CODE
+                },
+                SpecProblem::CategoricalChannelTooLong {
+                    index: 4,
+                    len: MAX_NAME_LEN + 1,
+                    limit: MAX_NAME_LEN
+                },
+            ]
+        );
+        let message = FeatureError::InvalidSpec {
+            problems: problems(bad.validate()),
+        }
+        .to_string();
+        assert!(
+            message.contains("`categorical` names `x`, which is also in `channels`"),
+            "{message}"
+        );
+        let too_wide = FeatureSpec {
+            categorical: (0..MAX_CHANNELS)
+                .map(|i| cat(&format!("k{i}"), &[0]))
+                .collect(),
+            ..spec(&["x"], &[Stat::Mean])
+        };
+        assert_eq!(
+            problems(too_wide.validate()),
+            vec![SpecProblem::TooManyWindowChannels {
+                count: MAX_CHANNELS + 1,
+                limit: MAX_CHANNELS
+            }]
+        );
+        let too_many_codes = FeatureSpec {
+            categorical: vec![cat("mode", &(0..MAX_FEATURES as i64).collect::<Vec<_>>())],
+            ..spec(&["x"], &[Stat::Mean])
+        };
+        assert!(too_many_codes.validate().is_ok());
+        assert_eq!(
+            problems(FeatureExtractor::new(&too_many_codes, 2)),
+            vec![SpecProblem::TooManyFeatures {
+                count: MAX_FEATURES + 1,
+                limit: MAX_FEATURES
+            }]
+        );
+        // Only categorical features is a valid spec.
+        let only = FeatureSpec {
+            categorical: vec![cat("mode", &[0, 1])],
+            ..spec(&["x"], &[])
+        };
+        assert_eq!(FeatureExtractor::new(&only, 2).map(|x| x.len()), Ok(2));
+    }
+
+    #[test]
+    fn a_spec_without_categorical_channels_serializes_as_before() {
+        let plain = spec(&["x"], &[Stat::Mean]);
+        let json = serde_json::to_string(&plain).unwrap();
+        assert_eq!(json, r#"{"channels":["x"],"stats":["mean"],"raw":false}"#);
+        let with = FeatureSpec {
+            categorical: vec![cat("mode", &[0, 2])],
+            ..plain
+        };
+        let json = serde_json::to_string(&with).unwrap();
+        assert!(
+            json.ends_with(r#""categorical":[{"channel":"mode","codes":[0,2]}]}"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<FeatureSpec>(&json).unwrap(), with);
+        assert_eq!(with.window_channels(), ["x", "mode"]);
     }
 
     #[test]
@@ -1492,6 +1845,13 @@ mod tests {
         values: Vec<f64>,
     }
 
+    impl ParityCase {
+        /// Window columns: channels, then categorical channels.
+        fn width(&self) -> usize {
+            self.spec.channels.len() + self.spec.categorical.len()
+        }
+    }
+
     fn parity_case() -> impl Strategy<Value = ParityCase> {
         (1usize..6, 2usize..=300).prop_flat_map(|(c, n)| {
             (
@@ -1506,8 +1866,20 @@ mod tests {
                 proptest::collection::vec((0u8..4, -1e3f64..1e3, -2f64..3.0), c),
                 proptest::collection::vec(-1f64..1.0, n * c),
                 prop_oneof![Just(1.0), 1e-3f64..10.0],
+                // Categorical channels: codes, and a column of mostly codes,
+                // some unseen, some not integers.
+                proptest::collection::vec(
+                    (
+                        proptest::collection::hash_set(-3i64..4, 1..4),
+                        proptest::collection::vec(
+                            prop_oneof![4 => (-4i64..5).prop_map(|v| v as f64), 1 => Just(0.5)],
+                            n,
+                        ),
+                    ),
+                    0..3,
+                ),
             )
-                .prop_map(move |(stats, bands, raw, shapes, u, dt)| {
+                .prop_map(move |(stats, bands, raw, shapes, u, dt, cats)| {
                     let channels: Vec<String> = (0..c).map(|i| format!("c{i}")).collect();
                     let bands = bands.map(|(cols, count, detrend)| BandSpec {
                         channels: cols.iter().map(|&i| channels[i].clone()).collect(),
@@ -1523,13 +1895,32 @@ mod tests {
                             channel_values(kind, offset, spread, &uj)
                         })
                         .collect();
-                    let values = (0..n * c).map(|k| columns[k % c][k / c]).collect();
+                    let width = c + cats.len();
+                    let values = (0..n * width)
+                        .map(|k| {
+                            let (i, j) = (k / width, k % width);
+                            if j < c {
+                                columns[j][i]
+                            } else {
+                                cats[j - c].1[i]
+                            }
+                        })
+                        .collect();
+                    let categorical = cats
+                        .iter()
+                        .enumerate()
+                        .map(|(k, (codes, _))| CategoricalSpec {
+                            channel: format!("k{k}"),
+                            codes: codes.iter().copied().collect(),
+                        })
+                        .collect();
                     ParityCase {
                         spec: FeatureSpec {
                             channels,
                             stats,
                             bands,
                             raw,
+                            categorical,
                         },
                         dt,
                         values,
@@ -1545,10 +1936,10 @@ mod tests {
     /// band energies — rounding in the mean is relative to the values, not to
     /// what is left after removing it.
     fn tolerance_scale(case: &ParityCase, name: &str, reference: f64) -> f64 {
-        let c = case.spec.channels.len();
+        let c = case.width();
         let n = case.values.len() / c;
-        if name.starts_with("raw.") {
-            return 0.0; // the raw part is the window itself, bit for bit
+        if name.starts_with("raw.") || name.contains('=') {
+            return 0.0; // the raw part is the window itself, one-hot is exact
         }
         let (channel, what) = name.rsplit_once('.').expect("dotted name");
         let j = case
@@ -1596,8 +1987,15 @@ mod tests {
                 any::<bool>(),
             )),
             any::<bool>(),
+            proptest::collection::vec(
+                (
+                    arbitrary_name(),
+                    proptest::collection::vec(prop_oneof![-2i64..3, any::<i64>()], 0..4),
+                ),
+                0..3,
+            ),
         )
-            .prop_map(|(channels, stats, bands, raw)| FeatureSpec {
+            .prop_map(|(channels, stats, bands, raw, cats)| FeatureSpec {
                 channels,
                 stats,
                 bands: bands.map(|(channels, count, detrend)| BandSpec {
@@ -1606,6 +2004,10 @@ mod tests {
                     detrend,
                 }),
                 raw,
+                categorical: cats
+                    .into_iter()
+                    .map(|(channel, codes)| CategoricalSpec { channel, codes })
+                    .collect(),
             })
     }
 
@@ -1622,7 +2024,7 @@ mod tests {
 
         #[test]
         fn extract_equals_the_naive_reference_on_random_windows(case in parity_case()) {
-            let c = case.spec.channels.len();
+            let c = case.width();
             let n = case.values.len() / c;
             let window = Window::try_new(&case.values, c, case.dt).expect("valid window");
             let mut extractor = FeatureExtractor::new(&case.spec, n).expect("valid spec");
@@ -1695,7 +2097,7 @@ mod tests {
                     values[i] = v;
                 }
             }
-            let c = case.spec.channels.len();
+            let c = case.width();
             let window = Window::try_new(&values, c, case.dt).expect("finite values");
             let mut extractor =
                 FeatureExtractor::new(&case.spec, values.len() / c).expect("valid spec");

@@ -19,6 +19,10 @@
 //!
 //! # The model's contract
 //!
+//! `input.channels` are the frame's columns: `features.channels`, then the
+//! channels of `features.categorical` (integer codes, one-hot encoded; e.g.
+//! `"categorical": [{"channel": "mode", "codes": [0, 1, 2]}]`).
+//!
 //! The ONNX graph has one f32 input `[batch, F]`, where `F` is the number of
 //! features [`FeatureSpec`] yields for `input.window_len` rows (see
 //! [`crate::features`]), and one f32 output `[batch, 1]` or `[batch]`: the
@@ -84,7 +88,8 @@ impl fmt::Display for ModelFamily {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputSpec {
-    /// The frame's columns, in order; equal to `features.channels`.
+    /// The frame's columns, in order: `features.channels`, then the
+    /// channels of `features.categorical`.
     pub channels: Vec<String>,
     /// Frames per window.
     pub window_len: usize,
@@ -199,7 +204,9 @@ pub enum ManifestProblem {
     ZeroHop,
     #[error("`input.frame_period` is zero")]
     ZeroPeriod,
-    #[error("`features.channels` differs from `input.channels`")]
+    #[error(
+        "`input.channels` is not `features.channels` followed by the `features.categorical` channels"
+    )]
     ChannelsDiffer,
     #[error("`features`: {0}")]
     Features(FeatureError),
@@ -304,7 +311,7 @@ impl ModelManifest {
         if self.input.frame_period.is_zero() {
             p.push(ManifestProblem::ZeroPeriod);
         }
-        if self.features.channels != self.input.channels {
+        if self.features.window_channels() != self.input.channels {
             p.push(ManifestProblem::ChannelsDiffer);
         }
         if self.input.window_len >= 2
@@ -375,6 +382,7 @@ mod tests {
                 stats: vec![Stat::Mean, Stat::Std],
                 bands: None,
                 raw: false,
+                categorical: Vec::new(),
             },
             score: ScoreSpec {
                 threshold: 4.5,
@@ -438,6 +446,42 @@ mod tests {
         assert_eq!(problems.len(), 8, "{problems:?}");
         assert!(problems.contains(&ManifestProblem::ChannelsDiffer));
         assert!(problems.contains(&ManifestProblem::TrainingRange));
+    }
+
+    #[test]
+    fn categorical_channels_follow_the_numeric_ones_in_the_input() {
+        use crate::features::CategoricalSpec;
+        let mut m = sample();
+        m.features.categorical = vec![CategoricalSpec {
+            channel: "mode".into(),
+            codes: vec![0, 1, 2],
+        }];
+        // `input.channels` still lacks `mode`.
+        assert_eq!(
+            m.validate(),
+            Err(ManifestError::Invalid(vec![
+                ManifestProblem::ChannelsDiffer
+            ]))
+        );
+        m.input.channels = vec!["mode".into(), "current".into(), "vibration".into()];
+        assert_eq!(
+            m.validate(),
+            Err(ManifestError::Invalid(vec![
+                ManifestProblem::ChannelsDiffer
+            ]))
+        );
+        m.input.channels = vec!["current".into(), "vibration".into(), "mode".into()];
+        m.validate().expect("valid");
+        assert_eq!(m.feature_count().unwrap(), 4 + 3);
+        let json = m.to_json();
+        assert_eq!(ModelManifest::from_json(json.as_bytes()).unwrap(), m);
+        let message = ManifestProblem::ChannelsDiffer.to_string();
+        assert!(
+            message.contains("followed by the `features.categorical`"),
+            "{message}"
+        );
+        // A manifest without categorical channels has no `categorical` key.
+        assert!(!sample().to_json().contains("categorical"));
     }
 
     #[test]

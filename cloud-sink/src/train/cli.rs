@@ -47,6 +47,9 @@ pub struct TrainArgs {
     /// Columns or channels to leave out, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub exclude: Vec<String>,
+    /// Numeric columns or channels that are categorical (integer codes such as an operating mode 0/1/2), comma-separated: one-hot encoded from the window's last frame, and exported with their codes in the manifest. Text columns are categorical anyway, but only integer codes can be exported (the gateway's readings are numbers).
+    #[arg(long, value_delimiter = ',')]
+    pub categorical: Vec<String>,
     /// auto | pca | gaussian | weighted_gaussian | forecast | classifier | autoencoder. `auto` needs labels (and compares pca, gaussian, forecast, classifier).
     #[arg(long, default_value = "auto")]
     pub family: String,
@@ -161,6 +164,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         exclude: args.exclude,
         period: args.period,
         hold: args.hold,
+        categorical: args.categorical,
     };
     opts.family = family;
     opts.window_len = args.window;
@@ -200,7 +204,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             &args.out,
             &outcome.model,
             &outcome.report,
-            &outcome.heldout.x,
+            &outcome.heldout,
             &args.scope,
         ) {
             Ok(check) => outcome.report.export = Some(check),
@@ -217,13 +221,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         for d in &outcome.devices {
             let dir = run::device_dir(&args.out, d);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            if let Err(e) = super::export::export(
-                &dir,
-                &d.model,
-                &device_report,
-                &outcome.heldout.x,
-                &d.device,
-            ) {
+            if let Err(e) =
+                super::export::export(&dir, &d.model, &device_report, &outcome.heldout, &d.device)
+            {
                 device_export_errors.push(format!("{}: {e}", d.device));
             }
         }

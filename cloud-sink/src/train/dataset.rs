@@ -10,6 +10,8 @@
 //!   (`--exclude`). A column whose every non-empty cell is a number is a
 //!   numeric channel (empty, `NA`, `NaN`, `null` cells are missing values);
 //!   any other column is a categorical channel (one-hot encoded later).
+//!   `--categorical` declares numeric columns or channels categorical too
+//!   (see [Categorical codes](#categorical-codes)).
 //! - **JSON, NDJSON, SenML** (`.json`, `.ndjson`/`.jsonl`, `.senml`,
 //!   `.cbor`): decoded with the protocol decoders (`PayloadFormat::Auto` per
 //!   document; NDJSON one document per line), then assembled into frames.
@@ -47,6 +49,17 @@
 //!   missing and its windows are dropped.
 //!
 //! A window's label is `true` when any of its rows is labelled anomalous.
+//!
+//! # Categorical codes
+//! A numeric column or reading channel named in
+//! [`ColumnOptions::categorical`] becomes a categorical channel whose
+//! categories are its values written as integers (`1.0` → `"1"`; a value
+//! that is not an integer keeps its decimal form, and such a channel cannot
+//! be exported). Frames take its last reading like any channel, never an
+//! average. It stays what the gateway sees — a number per frame — so a
+//! missing value in it is a gap like a numeric one: `ffill:N` fills it, and
+//! a window with a gap left in it is dropped. Columns that are categorical
+//! already (text) may be named too; that changes nothing.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -75,6 +88,10 @@ pub struct Table {
     pub cat_names: Vec<String>,
     /// `categorical[col][row]`.
     pub categorical: Vec<Vec<String>>,
+    /// Per categorical column: it holds integer codes of a numeric column
+    /// (see the module docs); `""` is then a missing value. Empty when no
+    /// column was declared.
+    pub code_columns: Vec<bool>,
     pub labels: Option<Vec<bool>>,
     /// For each row, its row number in the input (0-based data row across
     /// files for CSV; the frame number for assembled readings).
@@ -107,12 +124,18 @@ impl Table {
                 .iter()
                 .map(|c| keep.iter().map(|&i| c[i].clone()).collect())
                 .collect(),
+            code_columns: self.code_columns.clone(),
             labels: self
                 .labels
                 .as_ref()
                 .map(|l| keep.iter().map(|&i| l[i]).collect()),
             source_rows: keep.iter().map(|&i| self.source_rows[i]).collect(),
         }
+    }
+
+    /// Whether categorical column `k` holds codes (a missing cell is a gap).
+    pub fn is_code_column(&self, k: usize) -> bool {
+        self.code_columns.get(k).copied().unwrap_or(false)
     }
 
     /// Distinct devices, sorted.
@@ -149,6 +172,9 @@ pub struct ColumnOptions {
     pub period: Option<Duration>,
     /// Hold tolerance for readings; default: one period.
     pub hold: Option<Duration>,
+    /// Columns or channels that are categorical although numeric (integer
+    /// codes, e.g. an operating mode); see the module docs.
+    pub categorical: Vec<String>,
 }
 
 /// What to do with missing values.
@@ -217,6 +243,11 @@ pub struct Samples {
     /// `categorical[col][sample]`: the value at the window's last row.
     pub categorical: Vec<Vec<String>>,
     pub cat_names: Vec<String>,
+    /// When every categorical column holds codes (and there is one): each
+    /// sample's whole window, `len` rows of the numeric channels then the
+    /// codes, row-major — the window the gateway's feature extractor gets,
+    /// kept for the export check. Empty otherwise.
+    pub windows: Vec<f64>,
     pub labels: Option<Vec<bool>>,
     pub devices: Vec<String>,
     /// The window's end time (ns), or the end row's index without times.
@@ -264,6 +295,14 @@ impl Samples {
                 .map(|c| keep.iter().map(|&i| c[i].clone()).collect())
                 .collect(),
             cat_names: self.cat_names.clone(),
+            windows: match self.windows.len().checked_div(self.x.nrows()) {
+                Some(per) if per > 0 => keep
+                    .iter()
+                    .flat_map(|&i| &self.windows[i * per..(i + 1) * per])
+                    .copied()
+                    .collect(),
+                _ => Vec::new(),
+            },
             labels: self
                 .labels
                 .as_ref()
@@ -361,7 +400,60 @@ pub fn load_files(paths: &[PathBuf], opts: &ColumnOptions) -> Result<Table, Trai
     if table.period_ns.is_none() {
         table.period_ns = infer_period(&table);
     }
+    declare_categorical(&mut table, &opts.categorical)?;
     Ok(table)
+}
+
+/// A numeric value as a category: an integer as such (`1.0` → `"1"`, what
+/// an integer code looks like), anything else in its shortest decimal
+/// form; a missing value (NaN) is `""`.
+pub fn code_string(v: f64) -> String {
+    if v.is_nan() {
+        String::new()
+    } else if v.fract() == 0.0 && v.abs() <= protocol::features::MAX_CODE as f64 {
+        // Exact: an integer of magnitude ≤ 2^53 converts without rounding.
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Moves the numeric columns named in `names` to the categorical ones, as
+/// codes (see the module docs), in the order named; a name that already is
+/// categorical stays as it is. A name that is neither is an error.
+pub fn declare_categorical(table: &mut Table, names: &[String]) -> Result<(), TrainError> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    table.code_columns.resize(table.cat_names.len(), false);
+    for name in names {
+        if table.cat_names.contains(name) {
+            continue;
+        }
+        let Some(i) = table.numeric_names.iter().position(|n| n == name) else {
+            return Err(TrainError::Option {
+                option: "--categorical",
+                message: format!(
+                    "`{name}` is not a channel of the data (numeric: {:?}; categorical: {:?})",
+                    table.numeric_names, table.cat_names
+                ),
+            });
+        };
+        table.numeric_names.remove(i);
+        let values = table.numeric.remove(i);
+        table.cat_names.push(name.clone());
+        table
+            .categorical
+            .push(values.into_iter().map(code_string).collect());
+        table.code_columns.push(true);
+    }
+    if table.numeric.is_empty() {
+        return Err(TrainError::Option {
+            option: "--categorical",
+            message: "every channel is categorical; at least one numeric channel is needed".into(),
+        });
+    }
+    Ok(())
 }
 
 fn append(mut a: Table, b: Table) -> Result<Table, TrainError> {
@@ -615,6 +707,8 @@ pub fn decode_readings(
 /// Assembles readings into frames (see the module docs). Channels are every
 /// channel seen minus `opts.exclude`; `opts.label_column`, when set, names a
 /// channel whose value (non-zero = anomaly) labels the frame.
+/// The channels in `opts.categorical` become code columns (last reading of
+/// the frame, like every channel).
 pub fn frames_from_readings(
     readings: &[Reading],
     opts: &ColumnOptions,
@@ -712,6 +806,7 @@ pub fn frames_from_readings(
             }
         }
     }
+    declare_categorical(&mut table, &opts.categorical)?;
     Ok(table)
 }
 
@@ -796,6 +891,28 @@ fn forward_fill(table: &mut Table, max_rows: usize) -> usize {
             }
         }
     }
+    // Code columns are numbers on the gateway: filled like them.
+    for (k, col) in table.categorical.iter_mut().enumerate() {
+        if !table.code_columns.get(k).copied().unwrap_or(false) {
+            continue;
+        }
+        let mut last: Option<(usize, String)> = None;
+        for i in 0..n {
+            if i > 0 && table.devices[i] != table.devices[i - 1] {
+                last = None;
+            }
+            if col[i].is_empty() {
+                if let Some((at, v)) = &last
+                    && i - at <= max_rows
+                {
+                    col[i] = v.clone();
+                    filled += 1;
+                }
+            } else {
+                last = Some((i, col[i].clone()));
+            }
+        }
+    }
     filled
 }
 
@@ -854,11 +971,19 @@ pub fn build_samples(
     let dt = table.period_ns.map_or(1.0, |p| p as f64 * 1e-9);
     let width = names.len();
     let mut data: Vec<f64> = Vec::new();
+    let codes: Vec<usize> = (0..table.categorical.len())
+        .filter(|&k| table.is_code_column(k))
+        .collect();
+    // Whole windows for the export check: only when every categorical
+    // column is codes (text is not exportable) and there are features.
+    let keep_windows =
+        !codes.is_empty() && codes.len() == table.categorical.len() && extractor.is_some();
     let mut out = Samples {
         x: DMatrix::zeros(0, width),
         names,
         categorical: vec![Vec::new(); table.categorical.len()],
         cat_names: table.cat_names.clone(),
+        windows: Vec::new(),
         labels: table.labels.as_ref().map(|_| Vec::new()),
         devices: Vec::new(),
         times: Vec::new(),
@@ -910,6 +1035,10 @@ pub fn build_samples(
                 gap |= !v.is_finite();
                 window[r * c + j] = v;
             }
+            // A missing code is a gap on the gateway (its frame cell is NaN).
+            for &k in &codes {
+                gap |= table.categorical[k][first + r].is_empty();
+            }
         }
         if gap {
             stats.dropped_with_gaps += 1;
@@ -917,6 +1046,15 @@ pub fn build_samples(
             continue;
         }
         out.row_status.push(RowStatus::Sample(out.devices.len()));
+        if keep_windows {
+            for r in 0..opts.len {
+                out.windows.extend_from_slice(&window[r * c..(r + 1) * c]);
+                out.windows.extend(table.categorical.iter().map(|col| {
+                    // Codes written by `code_string`: they parse back exactly.
+                    col[first + r].parse::<f64>().unwrap_or(f64::NAN)
+                }));
+            }
+        }
         match extractor.as_mut() {
             Some(e) => {
                 let w = Window::try_new(&window, c, dt)?;

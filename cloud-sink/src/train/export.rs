@@ -8,7 +8,9 @@
 //!
 //! - every family starts with `z = (x − center) / scale` (the fitted
 //!   standardisation), after `ln(max(x, 0) + ε)` on the spread columns when
-//!   the pipeline log-scales them (`preprocess`, `--log-spread`);
+//!   the pipeline log-scales them (`preprocess`, `--log-spread`); the
+//!   one-hot columns of categorical channels (last in the input) pass
+//!   through unchanged: centre 0, scale 1, no logarithm;
 //! - **gaussian**: `Σ ((z − m)·W)²`;
 //! - **pca**: `c = z − μ`, `t = c·P`, `T² = Σ (t / √λ)²`, `Q = Σ (c − t·Pᵀ)²`,
 //!   score `Max(T² / T²_lim, Q / Q_lim)`;
@@ -20,30 +22,41 @@
 //!   score `ReduceMean((z − ẑ)², axis 1)` — the math of
 //!   `outpost_models::builder::graphs::autoencoder` on the standardised input.
 //!
+//! **Categorical channels** go into the manifest's `features.categorical`
+//! with their categories as integer codes, in the pipeline's column order,
+//! and after the numeric channels in `input.channels`. The gateway's values
+//! are numbers, so a channel whose categories are not integers (`"idle"`,
+//! `"1.5"`) is refused, naming the channel.
+//!
 //! **The check**: the exported bytes are loaded back with the tract runner
 //! (`outpost_models::Model`) and score the held-out rows; the reference is
 //! the in-Rust f64 model applied to the same rows rounded to f32 (what the
-//! gateway feeds the graph). The export passes when
+//! gateway feeds the graph). With categorical channels the graph's input is
+//! computed from the held-out windows by `protocol::features` with the
+//! manifest's spec — the one-hot the gateway computes — while the reference
+//! uses the pipeline's own one-hot of the categories. The export passes when
 //! `|onnx − reference| ≤ 1e-5 · max(1, |reference|)` for every row — an
 //! absolute 1e-5 for scores up to 1, relative beyond, because the graph
 //! computes in f32 (about 7 significant digits). `max_abs_diff` in the report
 //! is the largest such normalised difference.
 //!
 //! Not exportable (typed error, so the model is not registered): windows of
-//! one row (the manifest needs at least 2), categorical channels (the
-//! manifest has no one-hot spec), and data without a time grid (the manifest
-//! needs a frame period).
+//! one row (the manifest needs at least 2), categorical channels whose
+//! categories are not integer codes, and data without a time grid (the
+//! manifest needs a frame period).
 
 use std::path::Path;
 use std::time::Duration;
 
 use nalgebra::DMatrix;
 use outpost_models::builder::{Dim, GraphBuilder, Value};
+use protocol::features::{CategoricalSpec, MAX_CODE, Window};
 use protocol::manifest::{
     Hysteresis, InputSpec, MANIFEST_FORMAT, ModelFamily, ModelManifest, ModelMetadata, ScoreSpec,
 };
 
 use super::TrainError;
+use super::dataset::Samples;
 use super::families::FittedModel;
 use super::report::{ExportCheck, TrainingReport};
 use super::run::SavedModel;
@@ -105,29 +118,84 @@ fn log_spread(
     Ok(g.add(&kept, &logged))
 }
 
+/// The pipeline's categorical channels as the manifest's spec: each
+/// category an integer code, in the pipeline's column order. A category
+/// that is not an integer written plainly (`"idle"`, `"1.5"`, `"01"`) is
+/// refused: the gateway's readings are numbers and it compares codes.
+pub fn categorical_spec(model: &SavedModel) -> Result<Vec<CategoricalSpec>, TrainError> {
+    model
+        .pipeline
+        .one_hot
+        .iter()
+        .map(|o| {
+            let codes = o
+                .categories
+                .iter()
+                .map(|c| {
+                    c.parse::<i64>()
+                        .ok()
+                        .filter(|v| v.to_string() == *c && v.abs() <= MAX_CODE)
+                        .ok_or_else(|| {
+                            TrainError::Export(format!(
+                                "categorical channel `{}` has the category {c:?}, not an integer code: \
+                                 the gateway's readings are numbers, so an exported model needs integer \
+                                 codes (e.g. 0, 1, 2 for the modes; declare a numeric column with --categorical)",
+                                o.channel
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<i64>, _>>()?;
+            Ok(CategoricalSpec {
+                channel: o.channel.clone(),
+                codes,
+            })
+        })
+        .collect()
+}
+
 /// Builds the ONNX graph of `model` (see the module docs).
 pub fn graph(model: &SavedModel) -> Result<Vec<u8>, TrainError> {
-    if !model.pipeline.one_hot.is_empty() {
-        return Err(TrainError::Export(
-            "categorical channels (one-hot) cannot be expressed in the model manifest yet".into(),
-        ));
-    }
-    let n = model.pipeline.center.len();
+    // Refuses text categories before anything is built.
+    categorical_spec(model)?;
+    let numeric = model.pipeline.center.len();
+    let n = model.pipeline.output_len();
     if model.model.input_len() != n {
         return Err(TrainError::Export(format!(
-            "the model takes {} columns, the standardisation gives {n}",
+            "the model takes {} columns, the preprocessing gives {n}",
             model.model.input_len()
         )));
     }
+    // One-hot columns (after the numeric ones) pass through: (x − 0) / 1
+    // is exact in f32, and no logarithm.
+    let one_hot = n - numeric;
+    let center = model
+        .pipeline
+        .center
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_n(0.0, one_hot));
+    let scale = model
+        .pipeline
+        .scale
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_n(1.0, one_hot));
+    let log_offset: Vec<Option<f64>> = if model.pipeline.log_offset.is_empty() {
+        Vec::new()
+    } else {
+        let mut v = model.pipeline.log_offset.clone();
+        v.resize(v.len() + one_hot, None);
+        v
+    };
     let mut g = GraphBuilder::new(model.family.name());
     g.doc("Outpost anomaly model: standardisation and score, exported by outpost-cloud-sink train");
     let x = g.input("features", &[Dim::batch(), Dim::Fixed(n)]);
-    let x = log_spread(&mut g, &x, &model.pipeline.log_offset, n)?;
+    let x = log_spread(&mut g, &x, &log_offset, n)?;
     let center = g
-        .initializer("center", &[n], f32s(model.pipeline.center.iter().copied()))
+        .initializer("center", &[n], f32s(center))
         .map_err(build_err)?;
     let scale = g
-        .initializer("scale", &[n], f32s(model.pipeline.scale.iter().copied()))
+        .initializer("scale", &[n], f32s(scale))
         .map_err(build_err)?;
     let d = g.sub(&x, &center);
     let z = g.div(&d, &scale);
@@ -254,11 +322,12 @@ pub fn manifest(
     report: &TrainingReport,
     name: &str,
 ) -> Result<ModelManifest, TrainError> {
-    let features = model.window.features.clone().ok_or_else(|| {
+    let mut features = model.window.features.clone().ok_or_else(|| {
         TrainError::Export(
             "a window of one row has no feature spec; train with --window 2 or more".into(),
         )
     })?;
+    features.categorical = categorical_spec(model)?;
     let period = model
         .period_ns
         .and_then(|p| u64::try_from(p).ok())
@@ -290,7 +359,8 @@ pub fn manifest(
         version: 1,
         family,
         input: InputSpec {
-            channels: model.channels.clone(),
+            // The frame's columns: numeric channels, then categorical ones.
+            channels: features.window_channels(),
             window_len: model.window.len,
             hop: model.window.hop,
             frame_period: Duration::from_nanos(period),
@@ -318,14 +388,46 @@ pub fn manifest(
     Ok(manifest)
 }
 
-/// Loads `onnx` with the tract runner and compares its scores on the raw
-/// feature rows `x` with the reference model (see the module docs).
+/// The graph's input for the held-out samples: their feature rows, or with
+/// categorical channels the features `protocol::features` computes from
+/// their windows with the manifest's spec (what the gateway feeds it).
+fn graph_input(manifest: &ModelManifest, heldout: &Samples) -> Result<Vec<f32>, TrainError> {
+    if manifest.features.categorical.is_empty() {
+        return Ok(row_major(&heldout.x));
+    }
+    let rows = heldout.len();
+    let width = manifest.input.channels.len();
+    let per = manifest.input.window_len.saturating_mul(width);
+    if per == 0 || heldout.windows.len() != rows.saturating_mul(per) {
+        return Err(TrainError::Export(format!(
+            "the held-out samples carry {} window values, {rows} windows of {per} are needed",
+            heldout.windows.len()
+        )));
+    }
+    let mut extractor = manifest
+        .extractor()
+        .map_err(|e| TrainError::Export(format!("manifest features: {e}")))?;
+    let dt = manifest.input.frame_period.as_secs_f64();
+    let mut row = vec![0.0; extractor.len()];
+    let mut out = Vec::with_capacity(rows * row.len());
+    for w in heldout.windows.chunks_exact(per) {
+        Window::try_new(w, width, dt)
+            .and_then(|w| extractor.extract(&w, &mut row))
+            .map_err(|e| TrainError::Export(format!("features of a held-out window: {e}")))?;
+        out.extend(row.iter().map(|v| *v as f32));
+    }
+    Ok(out)
+}
+
+/// Loads `onnx` with the tract runner and compares its scores on the
+/// held-out samples with the reference model (see the module docs).
 pub fn check(
     model: &SavedModel,
     onnx: &[u8],
     manifest: &ModelManifest,
-    x: &DMatrix<f64>,
+    heldout: &Samples,
 ) -> Result<ExportCheck, TrainError> {
+    let x = &heldout.x;
     if x.nrows() == 0 {
         return Err(TrainError::Export(
             "no held-out rows to check the export on".into(),
@@ -333,12 +435,13 @@ pub fn check(
     }
     let runner = outpost_models::Model::load(onnx, manifest.clone())
         .map_err(|e| TrainError::Export(format!("tract refused the model: {e}")))?;
-    let input = row_major(x);
+    let input = graph_input(manifest, heldout)?;
     let got = runner
         .score(&input)
         .map_err(|e| TrainError::Export(format!("tract could not run the model: {e}")))?;
     let rounded = x.map(|v| f64::from(v as f32));
-    let z = model.pipeline.transform(&rounded, &[])?;
+    // The pipeline's own one-hot of the categories, as in training.
+    let z = model.pipeline.transform(&rounded, &heldout.categorical)?;
     let want = model.model.score(&z)?;
     let mut max = 0.0f64;
     for (g, w) in got.iter().zip(&want) {
@@ -363,12 +466,12 @@ pub fn export(
     dir: &Path,
     model: &SavedModel,
     report: &TrainingReport,
-    heldout_x: &DMatrix<f64>,
+    heldout: &Samples,
     name: &str,
 ) -> Result<ExportCheck, TrainError> {
     let onnx = graph(model)?;
     let manifest = manifest(model, report, name)?;
-    let check = check(model, &onnx, &manifest, heldout_x)?;
+    let check = check(model, &onnx, &manifest, heldout)?;
     if !check.passed {
         return Err(TrainError::Export(format!(
             "the exported model differs from the reference by {:.3e} (tolerance {:.0e}); not written",

@@ -153,6 +153,8 @@ pub struct SpecInput<'a> {
     /// Log-scale the spread statistics (`train --log-spread`); `None`: no.
     pub log_spread: Option<bool>,
     pub period: Option<Duration>,
+    /// Channels that carry integer codes (`train --categorical`); `None`: none.
+    pub categorical: Option<&'a [String]>,
 }
 
 /// A job's parameters, checked.
@@ -173,6 +175,8 @@ pub struct JobSpec {
     pub log_spread: bool,
     /// Frame period the readings are assembled with.
     pub period: Duration,
+    /// `train --categorical`: channels one-hot encoded as integer codes.
+    pub categorical: Vec<String>,
 }
 
 impl JobSpec {
@@ -275,6 +279,27 @@ impl JobSpec {
         if period < Duration::from_millis(1) || period > Duration::from_secs(86_400) {
             problems.push(("period", format!("{period:?}: must be 1 ms to 1 day")));
         }
+        let categorical = input.categorical.unwrap_or_default().to_vec();
+        if categorical.len() > protocol::features::MAX_CHANNELS {
+            problems.push((
+                "categorical",
+                format!(
+                    "lists {} channels, at most {}",
+                    categorical.len(),
+                    protocol::features::MAX_CHANNELS
+                ),
+            ));
+        }
+        for (i, c) in categorical.iter().enumerate() {
+            if let Err(m) = check_name("a channel name", c, protocol::reading::MAX_NAME_LEN) {
+                problems.push(("categorical", m));
+                break;
+            }
+            if categorical[..i].contains(c) {
+                problems.push(("categorical", format!("`{c}` is listed twice")));
+                break;
+            }
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -289,6 +314,7 @@ impl JobSpec {
             stats,
             log_spread: input.log_spread.unwrap_or(false),
             period,
+            categorical,
         })
     }
 }
@@ -475,6 +501,9 @@ pub struct JobView {
     pub stats: Vec<&'static str>,
     pub log_spread: bool,
     pub period: String,
+    /// Absent when none, as before categorical channels existed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub categorical: Vec<String>,
     pub progress: Option<Progress>,
     /// Whether the job was asked to stop (by an operator or the shutdown).
     pub cancel_requested: bool,
@@ -528,6 +557,7 @@ impl Job {
             stats: self.spec.stats.iter().map(|s| s.name()).collect(),
             log_spread: self.spec.log_spread,
             period: humantime::format_duration(self.spec.period).to_string(),
+            categorical: self.spec.categorical.clone(),
             progress: self.bar.as_ref().map(|b| Progress {
                 done: b.position(),
                 total: b.length().filter(|l| *l > 0),
@@ -1026,7 +1056,7 @@ impl Jobs {
             dir,
             &outcome.model,
             &outcome.report,
-            &outcome.heldout.x,
+            &outcome.heldout,
             &spec.scope,
         )?;
         outcome.report.export = Some(check);
@@ -1085,6 +1115,7 @@ impl Jobs {
     fn load(&self, spec: &JobSpec) -> Result<Table, JobError> {
         let columns = ColumnOptions {
             period: Some(spec.period),
+            categorical: spec.categorical.clone(),
             ..ColumnOptions::default()
         };
         let max = self.settings.max_readings;
@@ -1558,6 +1589,7 @@ mod tests {
     fn bad_specs_report_every_field() {
         let list = ["a".to_owned()];
         let stats = ["mean".to_owned(), "nope".to_owned()];
+        let cats = ["mode".to_owned(), "mode".to_owned()];
         let bad = SpecInput {
             scope: "fleet",
             devices: Some(&list),
@@ -1569,14 +1601,26 @@ mod tests {
             stats: Some(&stats),
             log_spread: Some(true),
             period: Some(Duration::ZERO),
+            categorical: Some(&cats),
         };
         let problems = JobSpec::check(&bad, Duration::from_secs(1)).unwrap_err();
         let fields: Vec<&str> = problems.iter().map(|p| p.0).collect();
         assert_eq!(
             fields,
             [
-                "devices", "to", "family", "window", "hop", "stats", "period"
+                "devices",
+                "to",
+                "family",
+                "window",
+                "hop",
+                "stats",
+                "period",
+                "categorical"
             ]
+        );
+        assert!(
+            problems[7].1.contains("`mode` is listed twice"),
+            "{problems:?}"
         );
         assert!(JobSpec::check(&input("", None), Duration::from_secs(1)).is_err());
         let empty: [String; 0] = [];

@@ -307,6 +307,7 @@ fn window_options(opts: &TrainOptions, kind: FamilyKind, table: &Table) -> Windo
                 stats: Vec::new(),
                 bands: None,
                 raw: true,
+                categorical: Vec::new(),
             }),
             missing: opts.missing,
         },
@@ -324,6 +325,7 @@ fn window_options(opts: &TrainOptions, kind: FamilyKind, table: &Table) -> Windo
                 stats: opts.stats.clone(),
                 bands: None,
                 raw: false,
+                categorical: Vec::new(),
             }),
             missing: opts.missing,
         },
@@ -1035,6 +1037,8 @@ pub fn columns_of(model: &SavedModel, label_column: Option<String>) -> ColumnOpt
             .and_then(|p| u64::try_from(p).ok())
             .map(std::time::Duration::from_nanos),
         hold: None,
+        // Declares the numeric code columns again; text ones stay as read.
+        categorical: model.categorical.clone(),
     }
 }
 

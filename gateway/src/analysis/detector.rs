@@ -156,6 +156,7 @@ impl Pipeline {
             stats: FALLBACK_STATS.to_vec(),
             bands: None,
             raw: false,
+            categorical: Vec::new(),
         }
     }
 }

@@ -8,7 +8,10 @@
 //! # Values and gaps
 //!
 //! In the frame at time `T`, channel `c` holds the **last reading of `c` at or
-//! before `T`** (greatest timestamp `≤ T`), if `T − ts ≤ hold`. Otherwise the
+//! before `T`** (greatest timestamp `≤ T`), if `T − ts ≤ hold` — never an
+//! average or an interpolation, so a categorical channel of a model (integer
+//! codes such as an operating mode, `features.categorical` in its manifest)
+//! holds a code that was read, not 0.5 between two modes. Otherwise the
 //! channel is a **gap**: `gaps[c]` is `true` and `values[c]` is NaN. Gaps are
 //! never filled: the NaN makes `protocol::features::Window::try_new` refuse a
 //! window that contains one, so a gap cannot be fed to a model by mistake;

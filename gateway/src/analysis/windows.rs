@@ -677,6 +677,7 @@ mod tests {
             stats: vec![Stat::Mean, Stat::Last, Stat::Slope],
             bands: None,
             raw: false,
+            categorical: Vec::new(),
         };
         let mut extractor = FeatureExtractor::new(&features, windower.spec().len()).unwrap();
         let mut out = vec![0.0; extractor.len()];

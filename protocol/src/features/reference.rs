@@ -11,8 +11,10 @@ use super::{FeatureSpec, Stat};
 /// The feature vector of a row-major window for `spec`, in the documented order.
 pub fn extract(spec: &FeatureSpec, values: &[f64], dt: f64) -> Vec<f64> {
     let c = spec.channels.len();
-    let n = values.len() / c;
-    let column = |j: usize| -> Vec<f64> { (0..n).map(|i| values[i * c + j]).collect() };
+    // Window columns: the channels, then the categorical channels.
+    let width = c + spec.categorical.len();
+    let n = values.len() / width;
+    let column = |j: usize| -> Vec<f64> { (0..n).map(|i| values[i * width + j]).collect() };
     let mut out = Vec::new();
     for j in 0..c {
         let x = column(j);
@@ -31,7 +33,18 @@ pub fn extract(spec: &FeatureSpec, values: &[f64], dt: f64) -> Vec<f64> {
         }
     }
     if spec.raw {
-        out.extend_from_slice(values);
+        for i in 0..n {
+            for j in 0..c {
+                out.push(values[i * width + j]);
+            }
+        }
+    }
+    for (k, cat) in spec.categorical.iter().enumerate() {
+        let last = values[(n - 1) * width + c + k];
+        for &code in &cat.codes {
+            let hit = last.fract() == 0.0 && last == code as f64;
+            out.push(if hit { 1.0 } else { 0.0 });
+        }
     }
     out
 }
@@ -56,6 +69,11 @@ pub fn names(spec: &FeatureSpec, n: usize) -> Vec<String> {
             for channel in &spec.channels {
                 names.push(format!("raw.t{t}.{channel}"));
             }
+        }
+    }
+    for cat in &spec.categorical {
+        for code in &cat.codes {
+            names.push(format!("{}={}", cat.channel, code));
         }
     }
     names
