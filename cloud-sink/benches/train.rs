@@ -148,6 +148,7 @@ fn main() -> anyhow::Result<()> {
             bands: None,
             raw: false,
             categorical: Vec::new(),
+            baseline: None,
         };
         let w = WindowOptions {
             len: WINDOW,

@@ -834,6 +834,9 @@ pub struct JobBody {
     pub period: Option<String>,
     /// Channels carrying integer codes, one-hot encoded (`train --categorical`).
     pub categorical: Option<Vec<String>>,
+    /// Time constant of the per-device running baseline, e.g. `10m`
+    /// (`train --baseline`); default none.
+    pub baseline: Option<String>,
 }
 
 async fn submit_job(
@@ -862,6 +865,12 @@ async fn submit_job(
         .map(humantime::parse_duration)
         .transpose()
         .map_err(|e| bad(format!("period: {e}")))?;
+    let baseline = body
+        .baseline
+        .as_deref()
+        .map(humantime::parse_duration)
+        .transpose()
+        .map_err(|e| bad(format!("baseline: {e}")))?;
     let input = SpecInput {
         scope: body.scope.as_deref().unwrap_or(crate::train::jobs::FLEET),
         devices: body.devices.as_deref(),
@@ -874,6 +883,7 @@ async fn submit_job(
         log_spread: body.log_spread,
         period,
         categorical: body.categorical.as_deref(),
+        baseline,
     };
     let spec = JobSpec::check(&input, state.jobs.settings().default_period).map_err(|p| {
         bad(p

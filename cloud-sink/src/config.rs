@@ -143,6 +143,10 @@ pub struct ScheduleConfig {
     /// Channels carrying integer codes (`train --categorical`); absent: none.
     #[serde(default)]
     pub categorical: Option<Vec<String>>,
+    /// Time constant of the per-device running baseline (`train --baseline`);
+    /// absent: none.
+    #[serde(default, with = "humantime_serde")]
+    pub baseline: Option<Duration>,
 }
 
 /// `[tls]`: both paths are required when the section is present.
@@ -700,6 +704,7 @@ fn schedule_input(s: &ScheduleConfig) -> crate::train::jobs::SpecInput<'_> {
         log_spread: s.log_spread,
         period: s.period,
         categorical: s.categorical.as_deref(),
+        baseline: s.baseline,
     }
 }
 

@@ -538,6 +538,7 @@ fn windows_drop_gaps_or_forward_fill_within_the_tolerance() {
         bands: None,
         raw: false,
         categorical: Vec::new(),
+        baseline: None,
     };
     let w = |missing| WindowOptions {
         len: 2,
@@ -555,4 +556,63 @@ fn windows_drop_gaps_or_forward_fill_within_the_tolerance() {
     assert_eq!((s.len(), st.filled_cells, st.dropped_with_gaps), (5, 1, 0));
     assert_eq!(s.x[(1, 0)], 2.0); // mean of x at rows 1, 2 = (2 + 2)/2
     assert_eq!(s.x[(1, 1)], 2.5);
+}
+
+#[test]
+fn the_running_baseline_is_replayed_per_device_in_time_order() {
+    // Two devices, seconds 0..4, windows of 2 rows, τ = 2 s. Device `a`
+    // is steady at 10 then steps to 20 at second 3; `b` runs at 100 all
+    // along and must start from its own level, not from `a`'s.
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write(
+        dir.path(),
+        "b.csv",
+        "t,dev,x\n0,a,10\n1,a,10\n2,a,10\n3,a,20\n4,a,20\n0,b,100\n1,b,100\n2,b,100\n3,b,100\n4,b,100\n",
+    );
+    let opts = ColumnOptions {
+        time_column: Some("t".into()),
+        device_column: Some("dev".into()),
+        ..ColumnOptions::default()
+    };
+    let table = dataset::load_files(&[csv], &opts).unwrap();
+    let spec = protocol::features::FeatureSpec {
+        channels: vec!["x".into()],
+        stats: vec![protocol::features::Stat::Mean],
+        bands: None,
+        raw: false,
+        categorical: Vec::new(),
+        baseline: Some(protocol::features::BaselineSpec {
+            time_constant: std::time::Duration::from_secs(2),
+        }),
+    };
+    let w = WindowOptions {
+        len: 2,
+        hop: 1,
+        features: Some(spec),
+        missing: MissingPolicy::Drop,
+    };
+    let (s, _) = dataset::build_samples(&table, &w).unwrap();
+    assert_eq!(s.names, ["x.mean", "x.baseline_dev"]);
+    let rows: Vec<(String, f64, f64)> = (0..s.len())
+        .map(|i| (s.devices[i].clone(), s.x[(i, 0)], s.x[(i, 1)]))
+        .collect();
+    // Device a: windows end at 1, 2, 3, 4 with means 10, 10, 15, 20. The
+    // baseline starts at 10; at 3 the deviation is 5, then the baseline
+    // moves by α = 1 − e^(−1/2) towards 15.
+    let b3 = 10.0 + (1.0 - (-0.5f64).exp()) * 5.0;
+    let want = [
+        ("a", 10.0, 0.0),
+        ("a", 10.0, 0.0),
+        ("a", 15.0, 5.0),
+        ("a", 20.0, 20.0 - b3),
+        ("b", 100.0, 0.0),
+        ("b", 100.0, 0.0),
+        ("b", 100.0, 0.0),
+        ("b", 100.0, 0.0),
+    ];
+    assert_eq!(rows.len(), want.len(), "{rows:?}");
+    for ((d, m, dev), (wd, wm, wdev)) in rows.iter().zip(want) {
+        assert_eq!((d.as_str(), *m), (wd, wm));
+        assert!((dev - wdev).abs() < 1e-9, "{rows:?}");
+    }
 }

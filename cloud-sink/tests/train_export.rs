@@ -494,3 +494,50 @@ fn text_categories_train_and_score_but_refuse_export_naming_the_channel() {
     let err = run::train(&o, &ProgressBar::hidden()).unwrap_err();
     assert!(err.to_string().contains("`gear` is not a channel"), "{err}");
 }
+
+#[test]
+fn a_running_baseline_with_a_categorical_channel_exports_in_the_gateways_feature_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fleet_with_mode_csv(dir.path(), 600);
+    for family in [FamilyKind::Gaussian, FamilyKind::Pca] {
+        let mut o = options(input.clone(), Some(family));
+        o.columns.categorical = vec!["mode".into()];
+        o.baseline = Some(std::time::Duration::from_secs(600));
+        let outcome = run::train(&o, &ProgressBar::hidden())
+            .unwrap_or_else(|e| panic!("{}: {e}", family.name()));
+        let out = dir.path().join(family.name());
+        std::fs::create_dir_all(&out).unwrap();
+        let check = export::export(
+            &out,
+            &outcome.model,
+            &outcome.report,
+            &outcome.heldout,
+            "test",
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", family.name()));
+        assert!(check.passed, "{}: {check:?}", family.name());
+        let manifest: protocol::manifest::ModelManifest =
+            serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            manifest.features.baseline.map(|b| b.time_constant),
+            Some(std::time::Duration::from_secs(600))
+        );
+        // The gateway's layout (statistics, baseline deviations, one-hot)
+        // is the pipeline's numeric columns followed by its one-hot columns.
+        let gateway = manifest.extractor().unwrap();
+        let mut training: Vec<String> = outcome.model.pipeline.names.clone();
+        training.extend(["mode=0", "mode=1", "mode=2"].map(String::from));
+        assert_eq!(gateway.names(), training.as_slice());
+        assert!(
+            training.iter().any(|n| n == "temp.baseline_dev"),
+            "{training:?}"
+        );
+    }
+    // Without a window there is no mean to compare with a baseline.
+    let mut o = options(input, Some(FamilyKind::Gaussian));
+    o.window_len = 1;
+    o.baseline = Some(std::time::Duration::from_secs(600));
+    let err = run::train(&o, &ProgressBar::hidden()).unwrap_err();
+    assert!(err.to_string().contains("--baseline"), "{err}");
+}

@@ -218,6 +218,7 @@ fn spec() -> FeatureSpec {
         bands: None,
         raw: false,
         categorical: Vec::new(),
+        baseline: None,
     }
 }
 

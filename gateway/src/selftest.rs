@@ -117,6 +117,7 @@ fn score_windows(readings: &[Reading]) -> Result<(u64, f64), SelfTestError> {
         bands: None,
         raw: false,
         categorical: Vec::new(),
+        baseline: None,
     };
     let manifest = ModelManifest {
         format: MANIFEST_FORMAT,

@@ -1,7 +1,8 @@
 //! Analysis wired to the real ingest stage and outbox: ring overflow is
 //! counted while every envelope is still acknowledged; alerts are raised by
 //! the worker threads; a model swap keeps the windows; a model with a
-//! categorical channel scores its one-hot codes.
+//! categorical channel scores its one-hot codes; a model with a running
+//! baseline scores each device against its own level.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use outpost_gateway::outbox::Outbox;
 use outpost_models::Model;
 use outpost_models::builder::graphs;
 use prometheus_client::registry::Registry;
-use protocol::features::{CategoricalSpec, FeatureSpec, Stat};
+use protocol::features::{BaselineSpec, CategoricalSpec, FeatureSpec, Stat};
 use protocol::manifest::{
     Hysteresis, InputSpec, MANIFEST_FORMAT, ModelFamily, ModelManifest, ModelMetadata, ScoreSpec,
 };
@@ -184,6 +185,7 @@ fn manifest(threshold: f64) -> ModelManifest {
             bands: None,
             raw: false,
             categorical: Vec::new(),
+            baseline: None,
         },
         score: ScoreSpec {
             threshold,
@@ -294,4 +296,52 @@ fn a_model_with_a_categorical_channel_scores_the_mode_of_the_windows_last_frame(
     // The mode's one-hot moved the score, by exactly the code columns:
     // (mean a − 10)² + (mean b − 100)² ≤ 2 · 0.5², so within 0.125 of 50.
     assert!((alert.score - 50.0).abs() < 0.2, "score {}", alert.score);
+}
+
+#[test]
+fn a_model_with_a_running_baseline_scores_each_device_against_its_own_level() {
+    // Features: a.baseline_dev, b.baseline_dev (τ = 60 s); the score is
+    // their mean square. pump-2 runs 20 above pump-1 all along: a fleet
+    // level would call it anomalous, its own baseline does not. pump-1
+    // steps up by 5 at second 60: its window 60–63 deviates by 5 in `a`,
+    // (25 + ~0) / 2 ≈ 12.5 against the threshold 2.
+    let mut man = manifest(2.0);
+    man.features.stats = Vec::new();
+    man.features.baseline = Some(BaselineSpec {
+        time_constant: Duration::from_secs(60),
+    });
+    let onnx = graphs::standardized_energy(&[0.0, 0.0], &[1.0, 1.0]).unwrap();
+    let model = Model::load(&onnx, man).unwrap();
+    assert_eq!(model.feature_count(), 2);
+    let am = AnalysisMetrics::new(&mut Registry::default());
+    let slots = Arc::new(ModelSlots::new(Some(model), None, am.clone()));
+    let mut shard = Shard::new(fallback_cfg(), slots, am.clone()).unwrap();
+    let mut alerts: Vec<Alert> = Vec::new();
+    let now = Instant::now();
+    for t in 0..80 {
+        let step = if t >= 60 { 5.0 } else { 0.0 };
+        for r in pack("pump-1", t, step)
+            .into_iter()
+            .chain(pack("pump-2", t, 20.0))
+        {
+            shard.push(&r, now, &mut |a| alerts.push(a));
+        }
+    }
+    shard.flush(now, &mut |a| alerts.push(a));
+    let by_model = am
+        .windows_scored
+        .get_or_create(&ScorerLabel { scorer: "model" })
+        .get();
+    assert!(
+        by_model >= 38,
+        "two pumps, windows ending at 3, 7, …: {by_model}"
+    );
+    assert!(
+        alerts.iter().all(|a| a.device == "pump-1"),
+        "pump-2 is steady at its own level: {alerts:?}"
+    );
+    let first = alerts.first().expect("pump-1's step raises an alert");
+    assert_eq!(first.start, Timestamp(60 * 1_000_000_000));
+    // ±0.5 of wobble in the window means around the 5.
+    assert!((first.score - 12.5).abs() < 3.0, "score {}", first.score);
 }

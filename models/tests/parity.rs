@@ -34,6 +34,7 @@ fn manifest(channels: usize) -> ModelManifest {
             bands: None,
             raw: false,
             categorical: Vec::new(),
+            baseline: None,
         },
         score: ScoreSpec {
             threshold: 1.0,

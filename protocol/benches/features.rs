@@ -56,6 +56,7 @@ fn spec(bands: bool) -> FeatureSpec {
         }),
         raw: false,
         categorical: Vec::new(),
+        baseline: None,
     }
 }
 

@@ -19,11 +19,18 @@
 //!    b1.band0, …` — named `{channel}.band{k}`, `k` counted from 0;
 //! 3. when `raw`, the window's `channels` columns, time-major:
 //!    `raw.t0.c0, raw.t0.c1, …, raw.t1.c0, …` — named `raw.t{row}.{channel}`;
-//! 4. one-hot codes of the categorical channels `k0 … k(K-1)`, in the order of
+//! 4. when `baseline` is set, each channel's window mean minus the device's
+//!    running baseline of it, in channel order — named
+//!    `{channel}.baseline_dev`. Defined in [`baseline`]; it needs the
+//!    device's state, so such a spec is extracted with
+//!    [`FeatureExtractor::extract_tracked`], one window after another;
+//! 5. one-hot codes of the categorical channels `k0 … k(K-1)`, in the order of
 //!    `categorical`, each with its codes in the listed order: 1.0 when the
 //!    window's **last** row equals the code exactly, else 0.0 — named
 //!    `{channel}={code}`, e.g. `mode=2`. A value that is no listed code (an
 //!    unseen mode, or not an integer) gives all zeros for that channel.
+//!    Last, so a training pipeline that appends its one-hot columns to the
+//!    numeric features has the same layout.
 //!
 //! The window's columns are `channels` followed by the categorical channels:
 //! `C + K` columns, `c0 … c(C-1), k0 … k(K-1)`. Statistics, bands and raw
@@ -85,11 +92,13 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
 use serde::{Deserialize, Serialize};
 
+use crate::Timestamp;
 use crate::reading::MAX_NAME_LEN;
 
 /// Most rows a window may have.
@@ -224,6 +233,12 @@ pub struct FeatureSpec {
     /// without them serialize as before.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub categorical: Vec<CategoricalSpec>,
+    /// Each channel's window mean against the device's own running
+    /// baseline ([`baseline`]); absent when `None`, so specs without it
+    /// serialize as before. Needs per-device state:
+    /// [`FeatureExtractor::extract_tracked`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineSpec>,
 }
 
 /// One thing wrong with a list of channel names. Shared by every spec that
@@ -322,6 +337,8 @@ pub enum SpecProblem {
         code: i64,
         limit: i64,
     },
+    #[error("`baseline.time_constant` is {got:?}; it must be more than 0 and at most {limit:?}")]
+    BaselineTimeConstant { got: Duration, limit: Duration },
     #[error("`channels` and `categorical` name {count} channels together, limit is {limit}")]
     TooManyWindowChannels { count: usize, limit: usize },
     #[error("window length {window_len} is too short, at least {min} rows are needed")]
@@ -369,6 +386,10 @@ pub enum FeatureError {
     OutputLength { expected: usize, got: usize },
     #[error("feature {index} (`{name}`) is not finite; the window's values are too large")]
     NonFiniteFeature { index: usize, name: String },
+    #[error("the spec has a running baseline: windows need the device's state (`extract_tracked`)")]
+    BaselineStateNeeded,
+    #[error("baseline: {0}")]
+    Baseline(#[from] BaselineError),
     #[error("window {index}: {source}")]
     InWindow {
         index: usize,
@@ -398,6 +419,11 @@ impl FeatureError {
             FeatureError::LengthMismatch { .. } => "length_mismatch",
             FeatureError::OutputLength { .. } => "output_length",
             FeatureError::NonFiniteFeature { .. } => "non_finite_feature",
+            FeatureError::BaselineStateNeeded => "baseline_state_needed",
+            FeatureError::Baseline(BaselineError::NotAfterPrevious { .. }) => {
+                "baseline_out_of_order"
+            }
+            FeatureError::Baseline(BaselineError::ChannelMismatch { .. }) => "baseline_channels",
             FeatureError::InWindow { source, .. } => source.reason_code(),
         }
     }
@@ -445,7 +471,19 @@ impl FeatureSpec {
             }
         }
         self.categorical_problems(&mut problems);
-        if self.stats.is_empty() && self.bands.is_none() && !self.raw && self.categorical.is_empty()
+        if let Some(b) = &self.baseline
+            && (b.time_constant.is_zero() || b.time_constant > MAX_TIME_CONSTANT)
+        {
+            problems.push(SpecProblem::BaselineTimeConstant {
+                got: b.time_constant,
+                limit: MAX_TIME_CONSTANT,
+            });
+        }
+        if self.stats.is_empty()
+            && self.bands.is_none()
+            && !self.raw
+            && self.categorical.is_empty()
+            && self.baseline.is_none()
         {
             problems.push(SpecProblem::NoFeatures);
         }
@@ -757,6 +795,8 @@ pub struct FeatureExtractor {
     scratch: Vec<Complex<f64>>,
     acc: Vec<Acc>,
     moments: Vec<Moments>,
+    /// Channel means for the running baseline.
+    means: Vec<f64>,
 }
 
 impl fmt::Debug for FeatureExtractor {
@@ -832,6 +872,7 @@ impl FeatureExtractor {
             scratch: Vec::new(),
             acc: vec![Acc::default(); spec.channels.len()],
             moments: vec![Moments::default(); spec.channels.len()],
+            means: vec![0.0; spec.channels.len()],
         };
         if let Some(bands) = &spec.bands {
             extractor.band_columns = bands
@@ -881,8 +922,37 @@ impl FeatureExtractor {
     }
 
     /// Writes the features of `window` into `out` (`out.len() == self.len()`).
-    /// On error the contents of `out` are unspecified.
+    /// On error the contents of `out` are unspecified. A spec with a
+    /// running baseline is refused ([`FeatureError::BaselineStateNeeded`]):
+    /// use [`extract_tracked`](Self::extract_tracked).
     pub fn extract(&mut self, window: &Window<'_>, out: &mut [f64]) -> Result<(), FeatureError> {
+        if self.spec.baseline.is_some() {
+            return Err(FeatureError::BaselineStateNeeded);
+        }
+        self.extract_inner(window, None, out)
+    }
+
+    /// [`extract`](Self::extract) for one device's window ending at `end`
+    /// (the time of its last row), with that device's baseline `state`,
+    /// which it advances. Windows of a device must come in time order. A
+    /// spec without a baseline leaves `state` alone. On error `state` is
+    /// unchanged.
+    pub fn extract_tracked(
+        &mut self,
+        window: &Window<'_>,
+        end: Timestamp,
+        state: &mut BaselineState,
+        out: &mut [f64],
+    ) -> Result<(), FeatureError> {
+        self.extract_inner(window, Some((end, state)), out)
+    }
+
+    fn extract_inner(
+        &mut self,
+        window: &Window<'_>,
+        tracked: Option<(Timestamp, &mut BaselineState)>,
+        out: &mut [f64],
+    ) -> Result<(), FeatureError> {
         let channels = self.spec.channels.len();
         // The window's width: numeric channels, then categorical ones.
         let stride = channels + self.spec.categorical.len();
@@ -955,6 +1025,16 @@ impl FeatureExtractor {
                 pos += channels;
             }
         }
+        // Before the one-hot section (see the layout in the module docs).
+        let baseline_at = pos;
+        if self.spec.baseline.is_some() {
+            for (c, m) in self.means.iter_mut().enumerate() {
+                *m = column_mean(values, stride, c, n);
+            }
+            // Written once the rest is known to be finite (below).
+            out[pos..pos + channels].fill(0.0);
+            pos += channels;
+        }
         let last_row = &values[values.len() - stride..];
         for (cat, &v) in self.spec.categorical.iter().zip(&last_row[channels..]) {
             for &code in &cat.codes {
@@ -969,6 +1049,18 @@ impl FeatureExtractor {
                 index,
                 name: self.names[index].clone(),
             });
+        }
+        // Last, so a window refused above does not move the baseline.
+        if let (Some(spec), Some((end, state))) = (&self.spec.baseline, tracked) {
+            let dev = &mut out[baseline_at..baseline_at + channels];
+            state.advance(spec, end, &self.means, dev)?;
+            if let Some(i) = dev.iter().position(|v| !v.is_finite()) {
+                let index = baseline_at + i;
+                return Err(FeatureError::NonFiniteFeature {
+                    index,
+                    name: self.names[index].clone(),
+                });
+            }
         }
         Ok(())
     }
@@ -1029,9 +1121,11 @@ fn feature_count(spec: &FeatureSpec, window_len: usize) -> Option<usize> {
         .categorical
         .iter()
         .try_fold(0usize, |n, cat| n.checked_add(cat.codes.len()))?;
+    let baseline = if spec.baseline.is_some() { c } else { 0 };
     stats
         .checked_add(bands)?
         .checked_add(raw)?
+        .checked_add(baseline)?
         .checked_add(one_hot)
 }
 
@@ -1054,6 +1148,11 @@ fn feature_names(spec: &FeatureSpec, window_len: usize, count: usize) -> Vec<Str
             for channel in &spec.channels {
                 names.push(format!("raw.t{t}.{channel}"));
             }
+        }
+    }
+    if spec.baseline.is_some() {
+        for channel in &spec.channels {
+            names.push(format!("{channel}.baseline_dev"));
         }
     }
     for cat in &spec.categorical {
@@ -1081,6 +1180,9 @@ fn band_edges(n: usize, count: usize) -> Vec<usize> {
     edges
 }
 
+pub mod baseline;
+pub use baseline::{BaselineError, BaselineSpec, BaselineState, MAX_TIME_CONSTANT};
+
 #[cfg(test)]
 mod reference;
 
@@ -1091,6 +1193,7 @@ mod tests {
 
     fn spec(channels: &[&str], stats: &[Stat]) -> FeatureSpec {
         FeatureSpec {
+            baseline: None,
             channels: channels.iter().map(|c| c.to_string()).collect(),
             stats: stats.to_vec(),
             bands: None,
@@ -1225,6 +1328,7 @@ mod tests {
     #[test]
     fn names_are_stable_and_follow_the_documented_order() {
         let spec = FeatureSpec {
+            baseline: None,
             channels: vec!["temperature".into(), "vibration".into()],
             stats: vec![Stat::Mean, Stat::PeakToPeak],
             bands: Some(BandSpec {
@@ -1278,6 +1382,7 @@ mod tests {
 
     fn band_spec(count: usize, detrend: bool) -> FeatureSpec {
         FeatureSpec {
+            baseline: None,
             channels: vec!["v".into()],
             stats: vec![],
             bands: Some(BandSpec {
@@ -1358,6 +1463,7 @@ mod tests {
     #[test]
     fn validation_reports_every_problem_at_once() {
         let spec = FeatureSpec {
+            baseline: None,
             channels: vec!["a".into(), "a".into(), String::new()],
             stats: vec![Stat::Mean, Stat::Mean],
             bands: Some(BandSpec {
@@ -1392,6 +1498,7 @@ mod tests {
     #[test]
     fn a_spec_without_channels_or_features_is_refused() {
         let empty = FeatureSpec {
+            baseline: None,
             channels: vec![],
             stats: vec![],
             bands: None,
@@ -1436,6 +1543,114 @@ mod tests {
         CategoricalSpec {
             channel: channel.into(),
             codes: codes.to_vec(),
+        }
+    }
+
+    fn with_baseline(spec: FeatureSpec, secs: u64) -> FeatureSpec {
+        FeatureSpec {
+            baseline: Some(BaselineSpec {
+                time_constant: Duration::from_secs(secs),
+            }),
+            ..spec
+        }
+    }
+
+    #[test]
+    fn baseline_deviations_follow_the_device_state_and_precede_the_one_hot_section() {
+        // Columns: x, y, then mode. τ = 60 s, windows 30 s apart.
+        let sp = FeatureSpec {
+            categorical: vec![cat("mode", &[0, 1])],
+            ..with_baseline(spec(&["x", "y"], &[Stat::Max]), 60)
+        };
+        let mut fx = FeatureExtractor::new(&sp, 2).expect("valid spec");
+        assert_eq!(
+            fx.names(),
+            [
+                "x.max",
+                "y.max",
+                "x.baseline_dev",
+                "y.baseline_dev",
+                "mode=0",
+                "mode=1"
+            ]
+        );
+        let s = 1_000_000_000;
+        let mut state = BaselineState::new();
+        let mut out = vec![f64::NAN; fx.len()];
+        // Stateless extraction cannot compute the deviations.
+        let w0 = [1.0, 10.0, 0.0, 3.0, 10.0, 1.0]; // means 2, 10
+        let w0 = Window::try_new(&w0, 3, 1.0).expect("valid");
+        assert_eq!(
+            fx.extract(&w0, &mut out),
+            Err(FeatureError::BaselineStateNeeded)
+        );
+        fx.extract_tracked(&w0, Timestamp(0), &mut state, &mut out)
+            .expect("first window");
+        assert_eq!(out, [3.0, 10.0, 0.0, 0.0, 0.0, 1.0]);
+        // Means 6 and 8: deviations from (2, 10), then α = 1 − e^(−1/2).
+        let w1 = [6.0, 8.0, 1.0, 6.0, 8.0, 0.0];
+        let w1 = Window::try_new(&w1, 3, 1.0).expect("valid");
+        fx.extract_tracked(&w1, Timestamp(30 * s), &mut state, &mut out)
+            .expect("second window");
+        assert_eq!(out, [6.0, 8.0, 4.0, -2.0, 1.0, 0.0]);
+        let alpha = 1.0 - (-0.5f64).exp();
+        let want = [2.0 + alpha * 4.0, 10.0 - alpha * 2.0];
+        for (b, w) in state.levels().iter().zip(want) {
+            assert!((b - w).abs() < 1e-12, "{b} vs {w}");
+        }
+        // A window from the past is refused and leaves the state alone.
+        let before = state.clone();
+        assert_eq!(
+            fx.extract_tracked(&w1, Timestamp(30 * s), &mut state, &mut out)
+                .map_err(|e| e.reason_code()),
+            Err("baseline_out_of_order")
+        );
+        assert_eq!(state, before);
+        // A non-finite feature is refused before the state moves.
+        let huge = [f64::MAX, 0.0, -f64::MAX, 0.0];
+        let huge = Window::try_new(&huge, 2, 1.0).expect("finite values");
+        let mut wide = FeatureExtractor::new(
+            &with_baseline(spec(&["x", "y"], &[Stat::PeakToPeak]), 60),
+            2,
+        )
+        .expect("valid spec");
+        let mut out = vec![0.0; wide.len()];
+        let mut fresh = BaselineState::new();
+        assert!(matches!(
+            wide.extract_tracked(&huge, Timestamp(0), &mut fresh, &mut out),
+            Err(FeatureError::NonFiniteFeature { index: 0, .. })
+        ));
+        assert_eq!(fresh, BaselineState::new());
+    }
+
+    #[test]
+    fn a_spec_without_a_baseline_ignores_the_state_and_serializes_as_before() {
+        let plain = spec(&["x"], &[Stat::Mean]);
+        let json = serde_json::to_string(&plain).expect("serializes");
+        assert!(!json.contains("baseline"), "{json}");
+        let mut fx = FeatureExtractor::new(&plain, 2).expect("valid");
+        let mut state = BaselineState::new();
+        let mut out = [0.0];
+        let w = Window::try_new(&[1.0, 3.0], 1, 1.0).expect("valid");
+        fx.extract_tracked(&w, Timestamp(0), &mut state, &mut out)
+            .expect("extracts");
+        assert_eq!(out, [2.0]);
+        assert_eq!(state, BaselineState::new());
+        // A baseline alone is a feature spec; a zero or huge τ is not.
+        let only = FeatureSpec {
+            stats: vec![],
+            ..with_baseline(spec(&["x"], &[]), 600)
+        };
+        assert_eq!(only.validate(), Ok(()));
+        let back: FeatureSpec =
+            serde_json::from_str(&serde_json::to_string(&only).expect("ser")).expect("de");
+        assert_eq!(back, only);
+        for bad in [0, 400 * 86_400] {
+            let sp = with_baseline(spec(&["x"], &[Stat::Mean]), bad);
+            assert!(matches!(
+                problems(sp.validate()).as_slice(),
+                [SpecProblem::BaselineTimeConstant { .. }]
+            ));
         }
     }
 
@@ -1916,6 +2131,7 @@ mod tests {
                         .collect();
                     ParityCase {
                         spec: FeatureSpec {
+                            baseline: None,
                             channels,
                             stats,
                             bands,
@@ -1996,6 +2212,7 @@ mod tests {
             ),
         )
             .prop_map(|(channels, stats, bands, raw, cats)| FeatureSpec {
+                baseline: None,
                 channels,
                 stats,
                 bands: bands.map(|(channels, count, detrend)| BandSpec {

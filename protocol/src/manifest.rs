@@ -344,7 +344,7 @@ impl ModelManifest {
     }
 }
 
-mod humantime_duration {
+pub(crate) mod humantime_duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -378,6 +378,7 @@ mod tests {
                 frame_period: Duration::from_millis(500),
             },
             features: FeatureSpec {
+                baseline: None,
                 channels,
                 stats: vec![Stat::Mean, Stat::Std],
                 bands: None,

@@ -1,24 +1,30 @@
 //! Issue 5, measured: train on simulated pumps with ground truth, evaluate on
 //! pumps the training never saw.
 //!
-//! 1. `outpost-firmware-sim dataset` writes devices 0..12 (training) and
-//!    devices 12..20 (held out) of the same seed: the same fleet model, signal
+//! 1. `outpost-firmware-sim dataset` writes devices 0..24 (training) and
+//!    devices 24..48 (held out) of the same seed: the same fleet model, signal
 //!    and anomaly injection as `run`, offline in simulated time, labelled
 //!    from the ground truth.
 //! 2. `outpost-cloud-sink train --family auto` compares the families by
 //!    by-device cross-validation on the training file only and says which
 //!    won and why. The features include `repeats` (a stuck sensor repeats
-//!    its value exactly) and log-scaled spreads (`--log-spread`).
+//!    its value exactly), log-scaled spreads (`--log-spread`) and each
+//!    channel's deviation from the pump's own running baseline
+//!    (`--baseline 10m`), which the gateway keeps per device the same way.
 //! 3. `outpost-cloud-sink evaluate` scores the held-out pumps; its JSON
 //!    metrics are asserted.
 //!
-//! The issue asks for F1 ≥ 0.9 on held-out devices. With these settings the
-//! measured F1 is 0.86–0.89 over four seeds (0.74 without `repeats` and log
-//! spreads): **not yet 0.9**. The floors below sit under the measured values
-//! so a regression fails the test. What is missed: level shifts that last
-//! longer than a window (the middle of a temperature step, the plateau of a
-//! slow drift) — a fleet model scoring a pump it never saw cannot tell them
-//! from a pump that runs warmer; that needs the device's own baseline.
+//! The issue asks for F1 ≥ 0.9 on held-out devices. Measured with these
+//! settings (24 training pumps, 24 held-out pumps, 2 h each), F1 on the
+//! held-out pumps for seeds 7, 3, 1, 2: 0.925, 0.918, 0.901, 0.914 with the
+//! running baseline; 0.914, 0.921, 0.891, 0.903 without it. With 12
+//! training and 8 held-out pumps the figure was 0.86–0.89 and swung by
+//! ±0.04 with which 8 pumps were held out: too few of either to measure
+//! 0.9. What the baseline fixes: a temperature step's plateau on a pump the
+//! model never saw (a fleet model cannot tell it from a pump that runs
+//! warmer) went from 25 % of its windows detected to 100 %. What is still
+//! missed: the first part of slow drifts, while they are smaller than the
+//! spread the load puts on a channel.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
@@ -33,12 +39,14 @@ const DURATION: &str = "2h";
 const SEED: &str = "7";
 const WINDOW: &str = "16";
 const STATS: &str = "mean,std,min,max,slope,peak_to_peak,repeats";
-/// Floors on the held-out pumps. Measured with these settings: F1 0.864,
-/// precision 0.980, recall 0.772; `pca` chosen. (Seeds 1, 2, 3: F1 0.885,
-/// 0.890, 0.862.)
-const MIN_F1: f64 = 0.83;
+const BASELINE: &str = "10m";
+const TRAINING_PUMPS: usize = 24;
+const HELD_OUT_PUMPS: usize = 24;
+/// The issue's bar, and floors under what was measured with these settings:
+/// F1 0.925, precision 0.975, recall 0.880; `pca` chosen.
+const MIN_F1: f64 = 0.90;
 const MIN_PRECISION: f64 = 0.95;
-const MIN_RECALL: f64 = 0.72;
+const MIN_RECALL: f64 = 0.85;
 
 fn sim_dataset(out: &Path, devices: &str, first: &str) {
     let o = Command::new(bin("outpost-firmware-sim"))
@@ -70,13 +78,16 @@ fn a_model_chosen_by_validation_is_measured_on_pumps_it_never_saw() {
     let dir = dir.path();
     let train = dir.join("train.csv");
     let heldout = dir.join("heldout.csv");
-    sim_dataset(&train, "12", "0");
-    sim_dataset(&heldout, "8", "12");
+    let (n_train, n_held) = (TRAINING_PUMPS.to_string(), HELD_OUT_PUMPS.to_string());
+    sim_dataset(&train, &n_train, "0");
+    sim_dataset(&heldout, &n_held, &n_train);
     let (tr, he) = (devices_of(&train), devices_of(&heldout));
-    assert_eq!(tr.len(), 12);
+    assert_eq!(tr.len(), TRAINING_PUMPS);
     assert_eq!(
         he.iter().map(String::as_str).collect::<Vec<_>>(),
-        (12..20).map(|i| format!("pump-{i:04}")).collect::<Vec<_>>()
+        (TRAINING_PUMPS..TRAINING_PUMPS + HELD_OUT_PUMPS)
+            .map(|i| format!("pump-{i:04}"))
+            .collect::<Vec<_>>()
     );
     assert!(tr.is_disjoint(&he), "held-out pumps must be other pumps");
 
@@ -87,6 +98,7 @@ fn a_model_chosen_by_validation_is_measured_on_pumps_it_never_saw() {
         .args(["--time-column", "time", "--label-column", "label"])
         .args(["--family", "auto", "--window", WINDOW, "--stats", STATS])
         .arg("--log-spread")
+        .args(["--baseline", BASELINE])
         .arg("--out")
         .arg(&model)
         .output()
@@ -149,8 +161,9 @@ fn a_model_chosen_by_validation_is_measured_on_pumps_it_never_saw() {
     let (f1, precision, recall) = (get("f1"), get("precision"), get("recall"));
     let c = &m["confusion"];
     eprintln!(
-        "held-out pumps 12..20: family {chosen}, F1 {f1:.4}, precision {precision:.4}, recall {recall:.4} \
+        "held-out pumps {TRAINING_PUMPS}..{}: family {chosen}, F1 {f1:.4}, precision {precision:.4}, recall {recall:.4} \
          (tp {} fp {} fn {} tn {}); {:.1} s",
+        TRAINING_PUMPS + HELD_OUT_PUMPS,
         c["tp"],
         c["fp"],
         c["fn"],

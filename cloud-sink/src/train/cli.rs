@@ -74,6 +74,9 @@ pub struct TrainArgs {
     /// Log-scale the spread statistics (std, peak_to_peak) before standardising: a channel stuck at a constant then stands out.
     #[arg(long)]
     pub log_spread: bool,
+    /// Also give each channel's window mean minus the device's own running baseline (an exponential average with this time constant, e.g. 10m), replayed per device in time order; the gateway keeps the same baseline per device. Exposes level shifts that outlast a window on devices the model never saw.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub baseline: Option<std::time::Duration>,
     /// Cross-validation folds.
     #[arg(long, default_value_t = 5)]
     pub folds: usize,
@@ -173,6 +176,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     opts.missing = args.missing;
     opts.scaling = args.scaling;
     opts.log_spread = args.log_spread;
+    opts.baseline = args.baseline;
     opts.folds = args.folds;
     opts.holdout = args.holdout;
     opts.seed = args.seed;

@@ -66,7 +66,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nalgebra::DMatrix;
-use protocol::features::{FeatureExtractor, FeatureSpec, Window};
+use protocol::features::{BaselineState, FeatureExtractor, FeatureSpec, Window};
 use protocol::{DecodeContext, DecodeLimits, PayloadFormat, Reading, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -995,8 +995,14 @@ pub fn build_samples(
     let mut feat = vec![0.0; width];
     let mut run = 0usize; // consecutive rows ending here
     let mut seq = 0i64; // row count since the device's first row (no times)
+    // The device's running baseline, replayed in time order as the gateway
+    // keeps it (`protocol::features::baseline`); rows come grouped by device.
+    let mut baseline = BaselineState::new();
     for i in 0..table.rows() {
         let same_device = i > 0 && table.devices[i] == table.devices[i - 1];
+        if !same_device {
+            baseline = BaselineState::new();
+        }
         let consecutive = same_device
             && match (&table.times, table.period_ns) {
                 (Some(t), Some(p)) => t[i] - t[i - 1] == p,
@@ -1058,7 +1064,12 @@ pub fn build_samples(
         match extractor.as_mut() {
             Some(e) => {
                 let w = Window::try_new(&window, c, dt)?;
-                e.extract(&w, &mut feat)?;
+                // Without a time column the rows are 1 s apart (as `dt`).
+                let end = table
+                    .times
+                    .as_ref()
+                    .map_or(seq.saturating_mul(1_000_000_000), |t| t[i]);
+                e.extract_tracked(&w, Timestamp(end), &mut baseline, &mut feat)?;
                 data.extend_from_slice(&feat);
             }
             None => data.extend_from_slice(&window[..c]),

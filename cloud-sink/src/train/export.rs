@@ -31,10 +31,10 @@
 //! **The check**: the exported bytes are loaded back with the tract runner
 //! (`outpost_models::Model`) and score the held-out rows; the reference is
 //! the in-Rust f64 model applied to the same rows rounded to f32 (what the
-//! gateway feeds the graph). With categorical channels the graph's input is
-//! computed from the held-out windows by `protocol::features` with the
-//! manifest's spec — the one-hot the gateway computes — while the reference
-//! uses the pipeline's own one-hot of the categories. The export passes when
+//! gateway feeds the graph). With categorical channels the graph's one-hot
+//! columns are computed from the held-out windows by `protocol::features`
+//! with the manifest's codes — the one-hot the gateway computes — while the
+//! reference uses the pipeline's own one-hot of the categories. The export passes when
 //! `|onnx − reference| ≤ 1e-5 · max(1, |reference|)` for every row — an
 //! absolute 1e-5 for scores up to 1, relative beyond, because the graph
 //! computes in f32 (about 7 significant digits). `max_abs_diff` in the report
@@ -50,7 +50,7 @@ use std::time::Duration;
 
 use nalgebra::DMatrix;
 use outpost_models::builder::{Dim, GraphBuilder, Value};
-use protocol::features::{CategoricalSpec, MAX_CODE, Window};
+use protocol::features::{CategoricalSpec, FeatureExtractor, FeatureSpec, MAX_CODE, Window};
 use protocol::manifest::{
     Hysteresis, InputSpec, MANIFEST_FORMAT, ModelFamily, ModelManifest, ModelMetadata, ScoreSpec,
 };
@@ -388,9 +388,12 @@ pub fn manifest(
     Ok(manifest)
 }
 
-/// The graph's input for the held-out samples: their feature rows, or with
-/// categorical channels the features `protocol::features` computes from
-/// their windows with the manifest's spec (what the gateway feeds it).
+/// The graph's input for the held-out samples: their feature rows, and with
+/// categorical channels the one-hot columns that `protocol::features`
+/// computes from their windows with the manifest's codes (what the gateway
+/// feeds the graph). The numeric features come from the same extractor in
+/// training (`dataset`), including any running baseline, which needs every
+/// window of a device in order and so is not recomputed here.
 fn graph_input(manifest: &ModelManifest, heldout: &Samples) -> Result<Vec<f32>, TrainError> {
     if manifest.features.categorical.is_empty() {
         return Ok(row_major(&heldout.x));
@@ -404,17 +407,25 @@ fn graph_input(manifest: &ModelManifest, heldout: &Samples) -> Result<Vec<f32>, 
             heldout.windows.len()
         )));
     }
-    let mut extractor = manifest
-        .extractor()
+    let one_hot_only = FeatureSpec {
+        channels: manifest.features.channels.clone(),
+        stats: Vec::new(),
+        bands: None,
+        raw: false,
+        categorical: manifest.features.categorical.clone(),
+        baseline: None,
+    };
+    let mut extractor = FeatureExtractor::new(&one_hot_only, manifest.input.window_len)
         .map_err(|e| TrainError::Export(format!("manifest features: {e}")))?;
     let dt = manifest.input.frame_period.as_secs_f64();
-    let mut row = vec![0.0; extractor.len()];
-    let mut out = Vec::with_capacity(rows * row.len());
-    for w in heldout.windows.chunks_exact(per) {
+    let mut one_hot = vec![0.0; extractor.len()];
+    let mut out = Vec::with_capacity(rows * (heldout.x.ncols() + one_hot.len()));
+    for (r, w) in heldout.windows.chunks_exact(per).enumerate() {
         Window::try_new(w, width, dt)
-            .and_then(|w| extractor.extract(&w, &mut row))
+            .and_then(|w| extractor.extract(&w, &mut one_hot))
             .map_err(|e| TrainError::Export(format!("features of a held-out window: {e}")))?;
-        out.extend(row.iter().map(|v| *v as f32));
+        out.extend(heldout.x.row(r).iter().map(|v| *v as f32));
+        out.extend(one_hot.iter().map(|v| *v as f32));
     }
     Ok(out)
 }

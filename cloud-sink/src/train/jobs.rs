@@ -155,6 +155,9 @@ pub struct SpecInput<'a> {
     pub period: Option<Duration>,
     /// Channels that carry integer codes (`train --categorical`); `None`: none.
     pub categorical: Option<&'a [String]>,
+    /// Time constant of the per-device running baseline (`train --baseline`);
+    /// `None`: no baseline features.
+    pub baseline: Option<Duration>,
 }
 
 /// A job's parameters, checked.
@@ -177,6 +180,8 @@ pub struct JobSpec {
     pub period: Duration,
     /// `train --categorical`: channels one-hot encoded as integer codes.
     pub categorical: Vec<String>,
+    /// `train --baseline`: the running baseline's time constant.
+    pub baseline: Option<Duration>,
 }
 
 impl JobSpec {
@@ -300,6 +305,24 @@ impl JobSpec {
                 break;
             }
         }
+        if let Some(t) = input.baseline {
+            if t.is_zero() || t > protocol::features::MAX_TIME_CONSTANT {
+                problems.push((
+                    "baseline",
+                    format!(
+                        "{}: must be more than 0 and at most {}",
+                        humantime::format_duration(t),
+                        humantime::format_duration(protocol::features::MAX_TIME_CONSTANT)
+                    ),
+                ));
+            }
+            if window < 2 {
+                problems.push((
+                    "baseline",
+                    "compares window means: it needs a window of 2 frames or more".to_owned(),
+                ));
+            }
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -315,6 +338,7 @@ impl JobSpec {
             log_spread: input.log_spread.unwrap_or(false),
             period,
             categorical,
+            baseline: input.baseline,
         })
     }
 }
@@ -504,6 +528,9 @@ pub struct JobView {
     /// Absent when none, as before categorical channels existed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub categorical: Vec<String>,
+    /// The running baseline's time constant; absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
     pub progress: Option<Progress>,
     /// Whether the job was asked to stop (by an operator or the shutdown).
     pub cancel_requested: bool,
@@ -558,6 +585,10 @@ impl Job {
             log_spread: self.spec.log_spread,
             period: humantime::format_duration(self.spec.period).to_string(),
             categorical: self.spec.categorical.clone(),
+            baseline: self
+                .spec
+                .baseline
+                .map(|t| humantime::format_duration(t).to_string()),
             progress: self.bar.as_ref().map(|b| Progress {
                 done: b.position(),
                 total: b.length().filter(|l| *l > 0),
@@ -1407,6 +1438,7 @@ fn train_options(spec: &JobSpec, table: &Table) -> TrainOptions {
     opts.hop = spec.hop;
     opts.stats = spec.stats.clone();
     opts.log_spread = spec.log_spread;
+    opts.baseline = spec.baseline;
     // `train`'s defaults for what a job does not set.
     opts.hyper = HyperParams {
         lags: 4,
@@ -1602,6 +1634,7 @@ mod tests {
             log_spread: Some(true),
             period: Some(Duration::ZERO),
             categorical: Some(&cats),
+            baseline: Some(Duration::ZERO),
         };
         let problems = JobSpec::check(&bad, Duration::from_secs(1)).unwrap_err();
         let fields: Vec<&str> = problems.iter().map(|p| p.0).collect();
@@ -1615,7 +1648,9 @@ mod tests {
                 "hop",
                 "stats",
                 "period",
-                "categorical"
+                "categorical",
+                "baseline",
+                "baseline"
             ]
         );
         assert!(

@@ -60,10 +60,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
-use protocol::features::{FeatureSpec, Stat};
+use protocol::features::{BaselineSpec, FeatureSpec, Stat};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -101,6 +101,10 @@ pub struct TrainOptions {
     /// ([`Pipeline::fit_with_log_spread`]; `--log-spread`). The exported
     /// graph applies the same logarithm.
     pub log_spread: bool,
+    /// Add each channel's deviation from the device's running baseline
+    /// with this time constant (`--baseline`; `protocol::features::baseline`).
+    /// Not for the forecaster, whose inputs are the raw lags.
+    pub baseline: Option<Duration>,
     pub folds: usize,
     /// Fraction held out for the final evaluation.
     pub holdout: f64,
@@ -125,6 +129,7 @@ impl TrainOptions {
             missing: MissingPolicy::Drop,
             scaling: Scaling::Plain,
             log_spread: false,
+            baseline: None,
             folds: 5,
             holdout: 0.2,
             seed: 1,
@@ -308,6 +313,7 @@ fn window_options(opts: &TrainOptions, kind: FamilyKind, table: &Table) -> Windo
                 bands: None,
                 raw: true,
                 categorical: Vec::new(),
+                baseline: None,
             }),
             missing: opts.missing,
         },
@@ -326,6 +332,9 @@ fn window_options(opts: &TrainOptions, kind: FamilyKind, table: &Table) -> Windo
                 bands: None,
                 raw: false,
                 categorical: Vec::new(),
+                baseline: opts
+                    .baseline
+                    .map(|time_constant| BaselineSpec { time_constant }),
             }),
             missing: opts.missing,
         },
@@ -609,6 +618,12 @@ fn cross_validate(
 }
 
 fn check_holdout(opts: &TrainOptions) -> Result<(), TrainError> {
+    if opts.baseline.is_some() && opts.window_len < 2 {
+        return Err(TrainError::Option {
+            option: "--baseline",
+            message: "a running baseline compares window means: it needs --window 2 or more".into(),
+        });
+    }
     if opts.fleet && opts.family != Some(FamilyKind::Autoencoder) {
         return Err(TrainError::Option {
             option: "--fleet",

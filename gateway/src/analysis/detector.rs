@@ -157,6 +157,7 @@ impl Pipeline {
             bands: None,
             raw: false,
             categorical: Vec::new(),
+            baseline: None,
         }
     }
 }

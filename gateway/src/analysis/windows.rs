@@ -678,6 +678,7 @@ mod tests {
             bands: None,
             raw: false,
             categorical: Vec::new(),
+            baseline: None,
         };
         let mut extractor = FeatureExtractor::new(&features, windower.spec().len()).unwrap();
         let mut out = vec![0.0; extractor.len()];

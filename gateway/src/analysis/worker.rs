@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use protocol::features::FeatureExtractor;
+use protocol::features::{BaselineState, FeatureExtractor};
 use protocol::{Reading, Timestamp};
 use ringbuf::HeapCons;
 use ringbuf::traits::{Consumer, Observer};
@@ -41,6 +41,9 @@ struct Device {
     frames: FrameAssembler,
     windows: Windower,
     baseline: RobustZ,
+    /// The model's per-device running baseline (`features.baseline`),
+    /// advanced by every window the model sees; reset with the model.
+    model_baseline: BaselineState,
     hysteresis: KOfN,
     /// Start times of the last `n` windows decided (for the alert's span).
     starts: VecDeque<Timestamp>,
@@ -201,6 +204,8 @@ impl Shard {
                 for d in self.devices.values_mut() {
                     d.hysteresis = KOfN::new(self.pipeline.k, self.pipeline.n);
                     d.starts.clear();
+                    // Another model may keep another baseline (or none).
+                    d.model_baseline = BaselineState::new();
                 }
             }
             Err(e) => {
@@ -242,6 +247,7 @@ impl Shard {
                         FALLBACK_STATS.len(),
                         self.cfg.fallback.warmup_windows,
                     ),
+                    model_baseline: BaselineState::new(),
                     hysteresis: KOfN::new(self.pipeline.k, self.pipeline.n),
                     starts: VecDeque::new(),
                 },
@@ -255,6 +261,7 @@ impl Shard {
             frames,
             windows,
             baseline,
+            model_baseline,
             ..
         } = dev;
         let mut ctx = Cut {
@@ -266,6 +273,7 @@ impl Shard {
             metrics: &self.metrics,
             device: &reading.device,
             baseline,
+            model_baseline,
         };
         frames.push(reading, |frame| match windows.push(frame) {
             Ok(Some(w)) => ctx.window(&w),
@@ -426,6 +434,7 @@ struct Cut<'a> {
     metrics: &'a AnalysisMetrics,
     device: &'a str,
     baseline: &'a mut RobustZ,
+    model_baseline: &'a mut BaselineState,
 }
 
 impl Cut<'_> {
@@ -443,7 +452,10 @@ impl Cut<'_> {
         let z = self.baseline.observe(self.buf);
         if let Some(mx) = self.model_x.as_deref_mut() {
             self.buf.resize(mx.len(), 0.0);
-            if mx.extract(&window, self.buf).is_err() {
+            if mx
+                .extract_tracked(&window, w.end(), self.model_baseline, self.buf)
+                .is_err()
+            {
                 self.metrics.skipped("features", 1);
                 return;
             }
