@@ -22,9 +22,10 @@
 //! ±0.04 with which 8 pumps were held out: too few of either to measure
 //! 0.9. What the baseline fixes: a temperature step's plateau on a pump the
 //! model never saw (a fleet model cannot tell it from a pump that runs
-//! warmer) went from 25 % of its windows detected to 100 %. What is still
-//! missed: the first part of slow drifts, while they are smaller than the
-//! spread the load puts on a channel.
+//! warmer) went from 32 % of its windows detected to 95 % (seed 7). Still
+//! missed: the first part of slow drifts (70 % of drift windows are
+//! caught), while a drift is smaller than the spread the load puts on a
+//! channel.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
