@@ -254,6 +254,25 @@ fn pack_with_mode(t: i64, early: f64, late: f64) -> Vec<Reading> {
     readings
 }
 
+/// Feeds `readings` to one shard scoring with `model`, then flushes it:
+/// the alerts, and how many windows the model scored.
+fn run_shard(model: Model, readings: impl IntoIterator<Item = Reading>) -> (Vec<Alert>, u64) {
+    let am = AnalysisMetrics::new(&mut Registry::default());
+    let slots = Arc::new(ModelSlots::new(Some(model), None, am.clone()));
+    let mut shard = Shard::new(fallback_cfg(), slots, am.clone()).unwrap();
+    let mut alerts: Vec<Alert> = Vec::new();
+    let now = Instant::now();
+    for r in readings {
+        shard.push(&r, now, &mut |a| alerts.push(a));
+    }
+    shard.flush(now, &mut |a| alerts.push(a));
+    let by_model = am
+        .windows_scored
+        .get_or_create(&ScorerLabel { scorer: "model" })
+        .get();
+    (alerts, by_model)
+}
+
 #[test]
 fn a_model_with_a_categorical_channel_scores_the_mode_of_the_windows_last_frame() {
     // Features: mean a, mean b, mode=0, mode=1. The model's energy is the
@@ -270,24 +289,15 @@ fn a_model_with_a_categorical_channel_scores_the_mode_of_the_windows_last_frame(
         graphs::standardized_energy(&[10.0, 100.0, 1.0, 0.0], &[1.0, 1.0, 0.1, 0.1]).unwrap();
     let model = Model::load(&onnx, man).unwrap();
     assert_eq!(model.feature_count(), 4);
-    let am = AnalysisMetrics::new(&mut Registry::default());
-    let slots = Arc::new(ModelSlots::new(Some(model), None, am.clone()));
-    let mut shard = Shard::new(fallback_cfg(), slots, am.clone()).unwrap();
-    let mut alerts: Vec<Alert> = Vec::new();
-    let now = Instant::now();
-    for t in 0..80 {
-        // Seconds 60–62: mode 0 then 1 within each second. Frames 61–63
-        // hold 1; the window of frames 60–63 ends in mode 1.
-        let late = if (60..63).contains(&t) { 1.0 } else { 0.0 };
-        for r in pack_with_mode(t, 0.0, late) {
-            shard.push(&r, now, &mut |a| alerts.push(a));
-        }
-    }
-    shard.flush(now, &mut |a| alerts.push(a));
-    let by_model = am
-        .windows_scored
-        .get_or_create(&ScorerLabel { scorer: "model" })
-        .get();
+    // Seconds 60–62: mode 0 then 1 within each second. Frames 61–63 hold 1;
+    // the window of frames 60–63 ends in mode 1.
+    let (alerts, by_model) = run_shard(
+        model,
+        (0..80).flat_map(|t| {
+            let late = if (60..63).contains(&t) { 1.0 } else { 0.0 };
+            pack_with_mode(t, 0.0, late)
+        }),
+    );
     assert!(by_model >= 19, "windows ending at 3, 7, …, 79: {by_model}");
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     let alert = &alerts[0];
@@ -313,25 +323,15 @@ fn a_model_with_a_running_baseline_scores_each_device_against_its_own_level() {
     let onnx = graphs::standardized_energy(&[0.0, 0.0], &[1.0, 1.0]).unwrap();
     let model = Model::load(&onnx, man).unwrap();
     assert_eq!(model.feature_count(), 2);
-    let am = AnalysisMetrics::new(&mut Registry::default());
-    let slots = Arc::new(ModelSlots::new(Some(model), None, am.clone()));
-    let mut shard = Shard::new(fallback_cfg(), slots, am.clone()).unwrap();
-    let mut alerts: Vec<Alert> = Vec::new();
-    let now = Instant::now();
-    for t in 0..80 {
-        let step = if t >= 60 { 5.0 } else { 0.0 };
-        for r in pack("pump-1", t, step)
-            .into_iter()
-            .chain(pack("pump-2", t, 20.0))
-        {
-            shard.push(&r, now, &mut |a| alerts.push(a));
-        }
-    }
-    shard.flush(now, &mut |a| alerts.push(a));
-    let by_model = am
-        .windows_scored
-        .get_or_create(&ScorerLabel { scorer: "model" })
-        .get();
+    let (alerts, by_model) = run_shard(
+        model,
+        (0..80).flat_map(|t| {
+            let step = if t >= 60 { 5.0 } else { 0.0 };
+            pack("pump-1", t, step)
+                .into_iter()
+                .chain(pack("pump-2", t, 20.0))
+        }),
+    );
     assert!(
         by_model >= 38,
         "two pumps, windows ending at 3, 7, …: {by_model}"

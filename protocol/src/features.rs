@@ -424,6 +424,7 @@ impl FeatureError {
                 "baseline_out_of_order"
             }
             FeatureError::Baseline(BaselineError::ChannelMismatch { .. }) => "baseline_channels",
+            FeatureError::Baseline(BaselineError::NonFinite { .. }) => "non_finite_feature",
             FeatureError::InWindow { source, .. } => source.reason_code(),
         }
     }
@@ -1053,13 +1054,16 @@ impl FeatureExtractor {
         // Last, so a window refused above does not move the baseline.
         if let (Some(spec), Some((end, state))) = (&self.spec.baseline, tracked) {
             let dev = &mut out[baseline_at..baseline_at + channels];
-            state.advance(spec, end, &self.means, dev)?;
-            if let Some(i) = dev.iter().position(|v| !v.is_finite()) {
-                let index = baseline_at + i;
-                return Err(FeatureError::NonFiniteFeature {
-                    index,
-                    name: self.names[index].clone(),
-                });
+            match state.advance(spec, end, &self.means, dev) {
+                Ok(()) => {}
+                Err(BaselineError::NonFinite { channel }) => {
+                    let index = baseline_at + channel;
+                    return Err(FeatureError::NonFiniteFeature {
+                        index,
+                        name: self.names[index].clone(),
+                    });
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())

@@ -52,6 +52,8 @@ pub enum BaselineError {
     NotAfterPrevious { end: i64, previous: i64 },
     #[error("the baseline holds {expected} channels, the window has {got}")]
     ChannelMismatch { expected: usize, got: usize },
+    #[error("channel {channel}'s deviation from its baseline is not finite")]
+    NonFinite { channel: usize },
 }
 
 /// One device's baselines for one model. Starts empty; the first window
@@ -112,6 +114,15 @@ impl BaselineState {
                 end: end.0,
                 previous,
             });
+        }
+        // Checked before anything moves: m − b can overflow for values
+        // near f64::MAX. b + α·(m − b) lies between b and m, so it cannot.
+        if let Some(channel) = means
+            .iter()
+            .zip(&self.level)
+            .position(|(m, b)| !(m - b).is_finite())
+        {
+            return Err(BaselineError::NonFinite { channel });
         }
         // i128: the difference of two i64 nanosecond times cannot overflow.
         let elapsed_s = (i128::from(end.0) - i128::from(previous)) as f64 * 1e-9;
@@ -221,6 +232,21 @@ mod tests {
         );
         assert_eq!(st, before);
         assert_eq!(out, [7.0, 7.0]);
+    }
+
+    #[test]
+    fn a_deviation_that_overflows_is_refused_without_change() {
+        let sp = spec(60);
+        let mut st = BaselineState::new();
+        let mut out = [0.0, 0.0];
+        st.advance(&sp, Timestamp(0), &[1.0, -f64::MAX], &mut out)
+            .unwrap();
+        let before = st.clone();
+        assert_eq!(
+            st.advance(&sp, Timestamp(S), &[1.0, f64::MAX], &mut out),
+            Err(BaselineError::NonFinite { channel: 1 })
+        );
+        assert_eq!(st, before);
     }
 
     #[test]
