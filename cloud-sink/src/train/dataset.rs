@@ -244,10 +244,10 @@ pub struct Samples {
     pub categorical: Vec<Vec<String>>,
     pub cat_names: Vec<String>,
     /// When every categorical column holds codes (and there is one): each
-    /// sample's whole window, `len` rows of the numeric channels then the
-    /// codes, row-major — the window the gateway's feature extractor gets,
-    /// kept for the export check. Empty otherwise.
-    pub windows: Vec<f64>,
+    /// sample's codes at the window's last row, as the gateway's frame holds
+    /// them (the one-hot reads only that row), row-major — kept for the
+    /// export check. Empty otherwise.
+    pub codes: Vec<f64>,
     pub labels: Option<Vec<bool>>,
     pub devices: Vec<String>,
     /// The window's end time (ns), or the end row's index without times.
@@ -295,10 +295,10 @@ impl Samples {
                 .map(|c| keep.iter().map(|&i| c[i].clone()).collect())
                 .collect(),
             cat_names: self.cat_names.clone(),
-            windows: match self.windows.len().checked_div(self.x.nrows()) {
+            codes: match self.codes.len().checked_div(self.x.nrows()) {
                 Some(per) if per > 0 => keep
                     .iter()
-                    .flat_map(|&i| &self.windows[i * per..(i + 1) * per])
+                    .flat_map(|&i| &self.codes[i * per..(i + 1) * per])
                     .copied()
                     .collect(),
                 _ => Vec::new(),
@@ -974,16 +974,16 @@ pub fn build_samples(
     let codes: Vec<usize> = (0..table.categorical.len())
         .filter(|&k| table.is_code_column(k))
         .collect();
-    // Whole windows for the export check: only when every categorical
-    // column is codes (text is not exportable) and there are features.
-    let keep_windows =
+    // Codes for the export check: only when every categorical column is
+    // codes (text is not exportable) and there are features.
+    let keep_codes =
         !codes.is_empty() && codes.len() == table.categorical.len() && extractor.is_some();
     let mut out = Samples {
         x: DMatrix::zeros(0, width),
         names,
         categorical: vec![Vec::new(); table.categorical.len()],
         cat_names: table.cat_names.clone(),
-        windows: Vec::new(),
+        codes: Vec::new(),
         labels: table.labels.as_ref().map(|_| Vec::new()),
         devices: Vec::new(),
         times: Vec::new(),
@@ -1052,14 +1052,11 @@ pub fn build_samples(
             continue;
         }
         out.row_status.push(RowStatus::Sample(out.devices.len()));
-        if keep_windows {
-            for r in 0..opts.len {
-                out.windows.extend_from_slice(&window[r * c..(r + 1) * c]);
-                out.windows.extend(table.categorical.iter().map(|col| {
-                    // Codes written by `code_string`: they parse back exactly.
-                    col[first + r].parse::<f64>().unwrap_or(f64::NAN)
-                }));
-            }
+        if keep_codes {
+            out.codes.extend(table.categorical.iter().map(|col| {
+                // Codes written by `code_string`: they parse back exactly.
+                col[i].parse::<f64>().unwrap_or(f64::NAN)
+            }));
         }
         match extractor.as_mut() {
             Some(e) => {

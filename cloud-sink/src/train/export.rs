@@ -32,7 +32,7 @@
 //! (`outpost_models::Model`) and score the held-out rows; the reference is
 //! the in-Rust f64 model applied to the same rows rounded to f32 (what the
 //! gateway feeds the graph). With categorical channels the graph's one-hot
-//! columns are computed from the held-out windows by `protocol::features`
+//! columns are computed from the held-out samples' codes by `protocol::features`
 //! with the manifest's codes — the one-hot the gateway computes — while the
 //! reference uses the pipeline's own one-hot of the categories. The export passes when
 //! `|onnx − reference| ≤ 1e-5 · max(1, |reference|)` for every row — an
@@ -390,7 +390,7 @@ pub fn manifest(
 
 /// The graph's input for the held-out samples: their feature rows, and with
 /// categorical channels the one-hot columns that `protocol::features`
-/// computes from their windows with the manifest's codes (what the gateway
+/// computes from their codes with the manifest's spec (what the gateway
 /// feeds the graph). The numeric features come from the same extractor in
 /// training (`dataset`), including any running baseline, which needs every
 /// window of a device in order and so is not recomputed here.
@@ -399,12 +399,12 @@ fn graph_input(manifest: &ModelManifest, heldout: &Samples) -> Result<Vec<f32>, 
         return Ok(row_major(&heldout.x));
     }
     let rows = heldout.len();
-    let width = manifest.input.channels.len();
-    let per = manifest.input.window_len.saturating_mul(width);
-    if per == 0 || heldout.windows.len() != rows.saturating_mul(per) {
+    let numeric = manifest.features.channels.len();
+    let k = manifest.features.categorical.len();
+    if heldout.codes.len() != rows.saturating_mul(k) {
         return Err(TrainError::Export(format!(
-            "the held-out samples carry {} window values, {rows} windows of {per} are needed",
-            heldout.windows.len()
+            "the held-out samples carry {} codes, {rows} samples of {k} are needed",
+            heldout.codes.len()
         )));
     }
     let one_hot_only = FeatureSpec {
@@ -415,15 +415,19 @@ fn graph_input(manifest: &ModelManifest, heldout: &Samples) -> Result<Vec<f32>, 
         categorical: manifest.features.categorical.clone(),
         baseline: None,
     };
-    let mut extractor = FeatureExtractor::new(&one_hot_only, manifest.input.window_len)
+    // The one-hot reads only the window's last row: two rows, the codes in
+    // the second, are the shortest window that holds them.
+    let mut extractor = FeatureExtractor::new(&one_hot_only, 2)
         .map_err(|e| TrainError::Export(format!("manifest features: {e}")))?;
-    let dt = manifest.input.frame_period.as_secs_f64();
+    let width = numeric + k;
+    let mut window = vec![0.0; 2 * width];
     let mut one_hot = vec![0.0; extractor.len()];
     let mut out = Vec::with_capacity(rows * (heldout.x.ncols() + one_hot.len()));
-    for (r, w) in heldout.windows.chunks_exact(per).enumerate() {
-        Window::try_new(w, width, dt)
+    for (r, codes) in heldout.codes.chunks_exact(k.max(1)).enumerate() {
+        window[width + numeric..].copy_from_slice(codes);
+        Window::try_new(&window, width, 1.0)
             .and_then(|w| extractor.extract(&w, &mut one_hot))
-            .map_err(|e| TrainError::Export(format!("features of a held-out window: {e}")))?;
+            .map_err(|e| TrainError::Export(format!("one-hot of a held-out sample: {e}")))?;
         out.extend(heldout.x.row(r).iter().map(|v| *v as f32));
         out.extend(one_hot.iter().map(|v| *v as f32));
     }
