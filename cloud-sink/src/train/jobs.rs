@@ -1582,6 +1582,16 @@ mod tests {
         };
         let logged = JobSpec::check(&logged, period).unwrap();
         assert!(train_options(&logged, &table(&[("a", 3)])).log_spread);
+        assert_eq!(train_options(&fleet, &table(&[("a", 3)])).baseline, None);
+        let tracked = SpecInput {
+            baseline: Some(Duration::from_secs(600)),
+            ..input("fleet", None)
+        };
+        let tracked = JobSpec::check(&tracked, period).unwrap();
+        assert_eq!(
+            train_options(&tracked, &table(&[("a", 3)])).baseline,
+            Some(Duration::from_secs(600))
+        );
         let one = JobSpec::check(&input("pump-1", None), period).unwrap();
         assert_eq!(one.devices, Some(vec!["pump-1".to_owned()]));
         let list = ["b".to_owned(), "a".to_owned(), "b".to_owned()];
