@@ -308,22 +308,53 @@ fn auto_chooses_by_validation_and_evaluate_and_score_use_the_written_model() {
 }
 
 #[test]
-fn auto_without_labels_asks_for_a_family_and_a_constant_channel_is_named() {
+fn auto_without_labels_compares_the_one_class_families_and_keeps_a_constant_channel() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.csv");
-    let mut text = String::from("time,x,stuck\n");
-    for i in 0..200 {
-        writeln!(text, "{},{},5", 1_767_225_600 + i, (i as f64 / 7.0).sin()).unwrap();
-    }
-    std::fs::write(&path, text).unwrap();
+    let csv = |name: &str, stuck: &dyn Fn(usize) -> f64| {
+        let path = dir.path().join(name);
+        let mut text = String::from("time,x,stuck\n");
+        for i in 0..200 {
+            let x = (i as f64 / 7.0).sin();
+            writeln!(text, "{},{x},{}", 1_767_225_600 + i, stuck(i)).unwrap();
+        }
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let path = csv("c.csv", &|_| 5.0);
     let mut o = TrainOptions::new(vec![path]);
     o.columns.time_column = Some("time".into());
-    let err = run::train(&o, &ProgressBar::hidden()).unwrap_err();
-    assert!(matches!(err, TrainError::NeedLabels { .. }), "{err}");
-    o.family = Some(FamilyKind::Pca);
-    o.window_len = 1;
-    let err = run::train(&o, &ProgressBar::hidden()).unwrap_err();
-    assert!(err.to_string().contains("stuck"), "{err}");
+    o.window_len = 4;
+    let outcome = run::train(&o, &ProgressBar::hidden()).unwrap();
+    let r = &outcome.report;
+    assert!(
+        matches!(r.chosen, FamilyKind::Pca | FamilyKind::Gaussian),
+        "{:?}",
+        r.chosen
+    );
+    let compared: Vec<FamilyKind> = r
+        .candidates
+        .iter()
+        .filter(|c| c.shift_detection.is_some() && c.expected_false_alarm_rate.is_some())
+        .map(|c| c.family)
+        .collect();
+    assert_eq!(compared, [FamilyKind::Gaussian, FamilyKind::Pca]);
+    assert!(r.reason.contains("simulated sensor shifts"), "{}", r.reason);
+    // The stuck channel's window statistics are kept, not refused.
+    let floored = &outcome.model.pipeline.floored;
+    assert!(floored.contains(&"stuck.mean".to_owned()), "{floored:?}");
+    // Any later movement of it is evidence: it alarms after it moves.
+    let out = dir.path().join("model");
+    run::write_outputs(&out, &outcome).unwrap();
+    let moved = csv("moved.csv", &|i| if i < 100 { 5.0 } else { 5.5 });
+    let rows = run::score(&out, &moved, &dir.path().join("s.csv")).unwrap();
+    let alarms = |range: std::ops::Range<usize>| {
+        rows[range]
+            .iter()
+            .filter(|r| r.alarm == Some(true))
+            .count()
+    };
+    assert!(alarms(110..200) >= 85, "{}", alarms(110..200));
+    assert!(alarms(0..100) <= 5, "{}", alarms(0..100));
 }
 
 /// The fleet plus `mode`, an operating mode 0/1/2 that changes every 40 to

@@ -261,6 +261,7 @@ fn inference(c: &mut Criterion) {
         score: ScoreSpec {
             threshold: 1.0,
             threshold_rule: None,
+            smoothing: Default::default(),
             hysteresis: Hysteresis::default(),
         },
         metadata: ModelMetadata::default(),

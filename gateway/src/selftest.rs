@@ -134,6 +134,7 @@ fn score_windows(readings: &[Reading]) -> Result<(u64, f64), SelfTestError> {
         score: ScoreSpec {
             threshold: 1e9,
             threshold_rule: None,
+            smoothing: Default::default(),
             hysteresis: Hysteresis { k: 1, n: 1 },
         },
         metadata: ModelMetadata::default(),

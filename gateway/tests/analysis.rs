@@ -2,7 +2,8 @@
 //! counted while every envelope is still acknowledged; alerts are raised by
 //! the worker threads; a model swap keeps the windows; a model with a
 //! categorical channel scores its one-hot codes; a model with a running
-//! baseline scores each device against its own level.
+//! baseline scores each device against its own level; a model's smoothing
+//! decides on the smoothed score, as offline scoring does.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use outpost_gateway::outbox::Outbox;
 use outpost_models::Model;
 use outpost_models::builder::graphs;
 use prometheus_client::registry::Registry;
+use protocol::decision::{Decider, DecisionSpec, Smoothing};
 use protocol::features::{BaselineSpec, CategoricalSpec, FeatureSpec, Stat};
 use protocol::manifest::{
     Hysteresis, InputSpec, MANIFEST_FORMAT, ModelFamily, ModelManifest, ModelMetadata, ScoreSpec,
@@ -190,6 +192,7 @@ fn manifest(threshold: f64) -> ModelManifest {
         score: ScoreSpec {
             threshold,
             threshold_rule: None,
+            smoothing: Default::default(),
             hysteresis: Hysteresis { k: 1, n: 1 },
         },
         metadata: ModelMetadata::default(),
@@ -344,4 +347,55 @@ fn a_model_with_a_running_baseline_scores_each_device_against_its_own_level() {
     assert_eq!(first.start, Timestamp(60 * 1_000_000_000));
     // ±0.5 of wobble in the window means around the 5.
     assert!((first.score - 12.5).abs() < 3.0, "score {}", first.score);
+}
+
+#[test]
+fn a_smoothed_model_ignores_a_one_window_spike_and_alarms_on_a_lasting_shift() {
+    // Energy = (z_a² + z_b²) / 2 around (10, 100); `a` up by 6 scores ≈ 18
+    // against the threshold 10. Windows of 4 s, one every 4 s.
+    let spike_then_shift = |t: i64| {
+        if (40..44).contains(&t) || t >= 80 {
+            6.0
+        } else {
+            0.0
+        }
+    };
+    let onnx = graphs::standardized_energy(&[10.0, 100.0], &[1.0, 1.0]).unwrap();
+    let readings = || (0..120).flat_map(|t| pack("pump-1", t, spike_then_shift(t)));
+
+    // The raw score alarms on the spike window 40–43.
+    let (alerts, _) = run_shard(Model::load(&onnx, manifest(10.0)).unwrap(), readings());
+    assert_eq!(alerts[0].start, Timestamp(40 * 1_000_000_000), "{alerts:?}");
+
+    // EWMA 0.3: the spike moves the average to ≈ 5.4 (no alarm); under the
+    // lasting shift it goes 5.4, 9.2, 11.8: over 10 in the shift's third
+    // window (80–83, 84–87, 88–91).
+    let mut man = manifest(10.0);
+    man.score.smoothing = Smoothing::Ewma(0.3);
+    let (alerts, _) = run_shard(Model::load(&onnx, man).unwrap(), readings());
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let alert = &alerts[0];
+    let start_s = alert.start.0 / 1_000_000_000;
+    assert!((80..=92).contains(&start_s), "alarm starts at {start_s} s");
+    // The alert carries the smoothed score the threshold was applied to.
+    assert!(
+        alert.score > 10.0 && alert.score < 17.0,
+        "score {}",
+        alert.score
+    );
+    // The same raw scores through the offline decision give the same window.
+    let raw: Vec<f64> = (0..30)
+        .map(|w| if w == 10 || w >= 20 { 18.0 } else { 0.05 })
+        .collect();
+    let spec = DecisionSpec {
+        smoothing: Smoothing::Ewma(0.3),
+        threshold: 10.0,
+        k: 1,
+        n: 1,
+    };
+    let first = Decider::run(spec, &raw)
+        .iter()
+        .position(|d| d.anomalous)
+        .unwrap();
+    assert_eq!(first as i64 * 4, start_s, "offline and gateway agree");
 }

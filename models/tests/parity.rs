@@ -39,6 +39,7 @@ fn manifest(channels: usize) -> ModelManifest {
         score: ScoreSpec {
             threshold: 1.0,
             threshold_rule: None,
+            smoothing: Default::default(),
             hysteresis: Hysteresis::default(),
         },
         metadata: ModelMetadata::default(),

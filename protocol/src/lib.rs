@@ -10,13 +10,15 @@
 //! - [`payload`] — one entry point that decodes any supported payload format.
 //! - [`batch`] — the gateway → sink uplink batch: CBOR, zstd-compressed, versioned.
 //! - [`features`] — window → feature vector (stats, band energies, raw), shared by scoring and training.
-//! - [`manifest`] — the model manifest: input spec, feature spec, threshold, hysteresis, metadata.
+//! - [`manifest`] — the model manifest: input spec, feature spec, threshold, smoothing, hysteresis, metadata.
+//! - [`decision`] — window scores → alarms (EWMA smoothing, threshold, k-of-n), shared by the gateway and offline scoring.
 #![forbid(unsafe_code)]
 
 pub mod alert;
 pub mod batch;
 pub mod cbor_bytes;
 pub mod csv;
+pub mod decision;
 pub mod features;
 pub mod limits;
 pub mod manifest;

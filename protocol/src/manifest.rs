@@ -12,7 +12,7 @@
 //!             "frame_period": "1s"},
 //!   "features": {"channels": ["current", "vibration"], "stats": ["mean", "std"]},
 //!   "score": {"threshold": 4.5, "threshold_rule": {"rule": "best_f1"},
-//!             "hysteresis": {"k": 2, "n": 3}},
+//!             "smoothing": {"ewma": 0.1}, "hysteresis": {"k": 2, "n": 3}},
 //!   "metadata": {"training_from": 1767225600000000000, "metrics": {"f1": 0.91}}
 //! }
 //! ```
@@ -26,9 +26,10 @@
 //! The ONNX graph has one f32 input `[batch, F]`, where `F` is the number of
 //! features [`FeatureSpec`] yields for `input.window_len` rows (see
 //! [`crate::features`]), and one f32 output `[batch, 1]` or `[batch]`: the
-//! anomaly score, higher is more anomalous. A window is anomalous when its
-//! score is above `score.threshold`; an alert is raised when `k` of the last
-//! `n` windows of a device are.
+//! anomaly score, higher is more anomalous. Per device, the scores are
+//! smoothed by `score.smoothing` (default none), a window is anomalous when
+//! its smoothed score is above `score.threshold`, and an alert is raised when
+//! `k` of the last `n` windows of a device are ([`crate::decision`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,6 +38,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
+use crate::decision::{DecisionSpec, Smoothing};
 use crate::features::{
     ChannelListProblem, FeatureError, FeatureExtractor, FeatureSpec, channel_list_problems,
 };
@@ -140,9 +142,30 @@ pub struct ScoreSpec {
     /// How `threshold` was chosen; absent in hand-written manifests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold_rule: Option<ThresholdRule>,
+    /// How a device's window scores are smoothed before the threshold
+    /// (default none). Gateways built before this field refuse a manifest
+    /// that carries it.
+    #[serde(default, skip_serializing_if = "is_no_smoothing")]
+    pub smoothing: Smoothing,
     /// Default 1 of 1.
     #[serde(default)]
     pub hysteresis: Hysteresis,
+}
+
+fn is_no_smoothing(s: &Smoothing) -> bool {
+    *s == Smoothing::None
+}
+
+impl ScoreSpec {
+    /// The decision rule of [`crate::decision`].
+    pub fn decision(&self) -> DecisionSpec {
+        DecisionSpec {
+            smoothing: self.smoothing,
+            threshold: self.threshold,
+            k: self.hysteresis.k,
+            n: self.hysteresis.n,
+        }
+    }
 }
 
 /// Where a model came from, for people and for the rollout logic.
@@ -212,6 +235,8 @@ pub enum ManifestProblem {
     Features(FeatureError),
     #[error("`score.threshold` is not finite ({0})")]
     Threshold(f64),
+    #[error("`score.smoothing`: the EWMA weight must be in (0, 1], got {0}")]
+    Smoothing(f64),
     #[error("`score.hysteresis`: need 1 ≤ k ≤ n ≤ {limit}, got k = {k}, n = {n}")]
     Hysteresis { k: u32, n: u32, limit: u32 },
     #[error("`metadata.training_from` is after `metadata.training_to`")]
@@ -322,6 +347,11 @@ impl ModelManifest {
         if !self.score.threshold.is_finite() {
             p.push(ManifestProblem::Threshold(self.score.threshold));
         }
+        if let Smoothing::Ewma(a) = self.score.smoothing
+            && !self.score.smoothing.is_valid()
+        {
+            p.push(ManifestProblem::Smoothing(a));
+        }
         let Hysteresis { k, n } = self.score.hysteresis;
         if k == 0 || k > n || n > MAX_HYSTERESIS_N {
             p.push(ManifestProblem::Hysteresis {
@@ -388,6 +418,7 @@ mod tests {
             score: ScoreSpec {
                 threshold: 4.5,
                 threshold_rule: Some(ThresholdRule::TargetFalseAlarmRate(0.01)),
+                smoothing: Smoothing::Ewma(0.1),
                 hysteresis: Hysteresis { k: 2, n: 3 },
             },
             metadata: ModelMetadata {
@@ -421,11 +452,12 @@ mod tests {
                     "frame_period": "1s"},
           "features": {"channels": ["current", "vibration"], "stats": ["mean", "std"]},
           "score": {"threshold": 4.5, "threshold_rule": {"rule": "best_f1"},
-                    "hysteresis": {"k": 2, "n": 3}},
+                    "smoothing": {"ewma": 0.1}, "hysteresis": {"k": 2, "n": 3}},
           "metadata": {"training_from": 1767225600000000000, "metrics": {"f1": 0.91}}
         }"#;
         let m = ModelManifest::from_json(doc.as_bytes()).unwrap();
         assert_eq!(m.input.frame_period, Duration::from_secs(1));
+        assert_eq!(m.score.smoothing, Smoothing::Ewma(0.1));
         assert_eq!(m.score.hysteresis, Hysteresis { k: 2, n: 3 });
         assert_eq!(m.score.threshold_rule, Some(ThresholdRule::BestF1));
     }
@@ -440,11 +472,13 @@ mod tests {
         m.features.channels = vec!["other".into()];
         m.score.threshold = f64::NAN;
         m.score.hysteresis = Hysteresis { k: 4, n: 3 };
+        m.score.smoothing = Smoothing::Ewma(0.0);
         m.metadata.training_from = Some(Timestamp(5));
         let Err(ManifestError::Invalid(problems)) = m.validate() else {
             panic!("expected problems");
         };
-        assert_eq!(problems.len(), 8, "{problems:?}");
+        assert_eq!(problems.len(), 9, "{problems:?}");
+        assert!(problems.contains(&ManifestProblem::Smoothing(0.0)));
         assert!(problems.contains(&ManifestProblem::ChannelsDiffer));
         assert!(problems.contains(&ManifestProblem::TrainingRange));
     }

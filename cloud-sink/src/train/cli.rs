@@ -11,7 +11,7 @@ use super::dataset::{ColumnOptions, MissingPolicy};
 use super::families::{FamilyKind, HyperParams};
 use super::preprocess::Scaling;
 use super::registry::register_trained;
-use super::run::{self, TrainOptions};
+use super::run::{self, SmoothingChoice, TrainOptions};
 use super::threshold::ThresholdRule;
 
 fn parse_stat(s: &str) -> Result<Stat, String> {
@@ -50,14 +50,14 @@ pub struct TrainArgs {
     /// Numeric columns or channels that are categorical (integer codes such as an operating mode 0/1/2), comma-separated: one-hot encoded from the window's last frame, and exported with their codes in the manifest. Text columns are categorical anyway, but only integer codes can be exported (the gateway's readings are numbers).
     #[arg(long, value_delimiter = ',')]
     pub categorical: Vec<String>,
-    /// auto | pca | gaussian | weighted_gaussian | forecast | classifier | autoencoder. `auto` needs labels (and compares pca, gaussian, forecast, classifier).
+    /// auto | pca | gaussian | weighted_gaussian | forecast | classifier | autoencoder. `auto` with labels compares pca, gaussian, forecast and classifier by out-of-fold F1; without labels it compares the one-class families pca and gaussian by how many simulated one-channel shifts they catch at the calibrated false-alarm rate.
     #[arg(long, default_value = "auto")]
     pub family: String,
     /// Output directory: model.json, model.onnx, manifest.json, report.json, report.html (with --fleet also devices/<device>/).
     #[arg(long)]
     pub out: PathBuf,
     /// Frames per window for the feature families (1: each row is a sample; not exportable).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = run::DEFAULT_WINDOW)]
     pub window: usize,
     /// A window every this many frames.
     #[arg(long, default_value_t = 1)]
@@ -119,6 +119,9 @@ pub struct TrainArgs {
     /// Threshold at this false-alarm rate on normal validation data instead of best F1 / the 0.99 quantile.
     #[arg(long)]
     pub target_false_alarm_rate: Option<f64>,
+    /// Smoothing of each device's window scores before the threshold, the same on the gateway: `none`, `ewma:ALPHA` (exponential moving average, weight ALPHA in (0, 1] on the newest window) or `auto` (without labels ewma:0.1; with labels the best out-of-fold F1 of none, ewma:0.5, ewma:0.2, ewma:0.1).
+    #[arg(long, default_value = "auto")]
+    pub smoothing: SmoothingChoice,
     /// Fleet transfer learning (needs `--family autoencoder`): fine-tune the model per device
     /// (frozen encoder) and write each to OUT/devices/<device>/; the report compares each
     /// with the fleet base model on the device's held-out rows.
@@ -196,6 +199,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     opts.threshold = args
         .target_false_alarm_rate
         .map(ThresholdRule::TargetFalseAlarmRate);
+    opts.smoothing = args.smoothing;
     opts.fleet = args.fleet;
     let bar = progress();
     let mut outcome = run::train(&opts, &bar).context("training")?;
@@ -234,19 +238,16 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     run::write_outputs(&args.out, &outcome).context("writing the model and report")?;
     let r = &outcome.report;
-    eprintln!(
-        "family {} — {}\nthreshold {:.6}; held-out: {}",
-        r.chosen.name(),
-        r.reason,
-        r.threshold.value,
-        match &r.heldout {
-            Some(m) => format!(
-                "F1 {:?}, precision {:?}, recall {:?}, ROC-AUC {:?}, false-alarm rate {:?}",
-                m.f1, m.precision, m.recall, m.roc_auc, m.false_alarm_rate
-            ),
-            None => format!("alarm rate {:?}", r.heldout_alarm_rate),
-        }
-    );
+    eprintln!("family {} — {}", r.chosen.name(), r.reason);
+    eprintln!("{}", summary(r));
+    let floored = &outcome.model.pipeline.floored;
+    if !floored.is_empty() {
+        eprintln!(
+            "note: {} feature(s) did not vary in the training data and are kept: a later move by 1 % of their level counts as one standard deviation ({})",
+            floored.len(),
+            floored.join(", ")
+        );
+    }
     if let Some(f) = &r.fleet {
         eprintln!(
             "fleet: {} devices fine-tuned, improved on {} of {}, mean held-out gain {} — models in {}",
@@ -279,6 +280,54 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A number or a dash.
+fn num(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".into(), |v| format!("{v:.3}"))
+}
+
+/// A rate as a percentage, or a dash.
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".into(), |v| format!("{:.1} %", 100.0 * v))
+}
+
+/// The lines `train` prints about the threshold and the held-out data.
+fn summary(r: &super::report::TrainingReport) -> String {
+    let mut out = format!("threshold {:.6}", r.threshold.value);
+    if let Some(c) = &r.calibration {
+        let far = &c.false_alarm_rate;
+        out.push_str(&format!(
+            " on the {} smoothed score, chosen on {} {} windows\nexpected false-alarm rate {} (from {} to {} over {} validation folds)",
+            c.smoothing.label(),
+            c.windows,
+            c.scores,
+            pct(far.mean),
+            pct(far.min),
+            pct(far.max),
+            far.defined
+        ));
+    }
+    out.push_str(&format!(
+        "\nheld-out ({}): ",
+        r.data.holdout
+    ));
+    match &r.heldout {
+        Some(m) => out.push_str(&format!(
+            "F1 {}, precision {}, recall {}, ROC-AUC {}, false-alarm rate {}",
+            num(m.f1),
+            num(m.precision),
+            num(m.recall),
+            num(m.roc_auc),
+            pct(m.false_alarm_rate)
+        )),
+        None => out.push_str(&format!(
+            "{} of {} windows alarmed (all are taken as normal)",
+            pct(r.heldout_alarm_rate),
+            r.data.test_windows
+        )),
+    }
+    out
+}
+
 /// `outpost-cloud-sink evaluate`.
 #[derive(Debug, clap::Args)]
 pub struct EvaluateArgs {
@@ -304,7 +353,7 @@ pub struct ScoreArgs {
     pub model: PathBuf,
     #[arg(long)]
     pub input: PathBuf,
-    /// Output CSV: row,device,time_ns,score,alarm,status — one line per input row.
+    /// Output CSV: row,device,time_ns,score,smoothed,alarm,status — one line per input row; `alarm` is decided on `smoothed`, the score smoothed per device as the gateway does.
     #[arg(long)]
     pub out: PathBuf,
 }

@@ -11,6 +11,14 @@
 //!   Windows of one device overlap and follow one another; split across
 //!   folds, they put near-copies of test windows into training and make the
 //!   validation optimistic, most for the families that fit the most.
+//! - [`blocked`]: samples ordered by time are cut into `k` consecutive
+//!   blocks; fold `i` tests on block `i` and trains on all the others. The
+//!   folds of one-class (unlabelled) data: every training sample is scored
+//!   once by a model that never saw its block, which is what calibrating a
+//!   threshold needs, and each model still trains on most of the data (a
+//!   forward-chaining fold trains on as little as `1/(k+1)` of it and tests
+//!   only the latest data, so on a drifting process its scores measure the
+//!   drift more than the model).
 //! - [`forward_chaining`]: samples ordered by time are cut into `k + 1`
 //!   consecutive blocks; fold `i` trains on blocks `0..=i` and tests on block
 //!   `i + 1`, so no fold ever trains on data later than its test data.
@@ -37,6 +45,8 @@ pub enum FoldKind {
     Stratified,
     /// Whole devices per fold ([`group_kfold`]).
     ByDevice,
+    /// Consecutive time blocks, each tested once ([`blocked`]).
+    Blocked,
     ForwardChaining,
 }
 
@@ -125,6 +135,21 @@ pub fn group_kfold(groups: &[String], k: usize, seed: u64) -> Result<Vec<Fold>, 
     Ok(folds_from_assignment(&assign, k))
 }
 
+/// Blocked k-fold over samples whose times are `times` (any order; ties
+/// stay in input order): `k` consecutive blocks of the time order, block `i`
+/// is fold `i`'s test set.
+pub fn blocked(times: &[i64], k: usize) -> Result<Vec<Fold>, TrainError> {
+    check(times.len(), k)?;
+    let mut order: Vec<usize> = (0..times.len()).collect();
+    order.sort_by_key(|&i| times[i]);
+    let n = order.len();
+    let mut assign = vec![0; n];
+    for (pos, &i) in order.iter().enumerate() {
+        assign[i] = pos * k / n;
+    }
+    Ok(folds_from_assignment(&assign, k))
+}
+
 /// Forward chaining over samples whose times are `times` (any order; ties
 /// stay in input order). `k` folds from `k + 1` blocks.
 pub fn forward_chaining(times: &[i64], k: usize) -> Result<Vec<Fold>, TrainError> {
@@ -164,6 +189,29 @@ pub fn forward_chaining(times: &[i64], k: usize) -> Result<Vec<Fold>, TrainError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocked_folds_test_each_consecutive_block_once() {
+        // Times out of order: the blocks follow time, not input order.
+        let times: Vec<i64> = (0..10).map(|i| (i * 7) % 10).collect();
+        let folds = blocked(&times, 3).unwrap();
+        assert_eq!(folds.len(), 3);
+        let mut tested = vec![0; times.len()];
+        for (f, fold) in folds.iter().enumerate() {
+            let mut t: Vec<i64> = fold.test.iter().map(|&i| times[i]).collect();
+            t.sort();
+            let lo = (f * 10).div_ceil(3) as i64;
+            let expected: Vec<i64> = (lo..((f + 1) * 10).div_ceil(3) as i64).collect();
+            assert_eq!(t, expected, "fold {f}");
+            assert_eq!(fold.train.len() + fold.test.len(), times.len());
+            for &i in &fold.test {
+                tested[i] += 1;
+                assert!(!fold.train.contains(&i));
+            }
+        }
+        assert!(tested.iter().all(|&t| t == 1));
+        assert!(blocked(&times, 11).is_err());
+    }
 
     #[test]
     fn group_folds_keep_every_device_in_one_test_fold() {

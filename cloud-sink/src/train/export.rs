@@ -369,6 +369,7 @@ pub fn manifest(
         score: ScoreSpec {
             threshold: model.threshold.value,
             threshold_rule: Some(model.threshold.rule),
+            smoothing: model.smoothing,
             hysteresis: Hysteresis::default(),
         },
         metadata: ModelMetadata {

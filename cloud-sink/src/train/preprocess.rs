@@ -11,12 +11,17 @@
 //! - **robust**: center = median, scale = MAD · 1.4826 (the std of a normal
 //!   distribution), falling back to IQR / 1.349 when the MAD is 0.
 //!
-//! A numeric column with scale 0 is constant: [`TrainError::ConstantColumn`]
-//! — except a count (`{channel}.repeats`): a channel with fine resolution
-//! never repeats a value in normal operation, so its count is 0 in every
-//! normal window, and any repeat (a stuck sensor) is the anomaly. A count's
-//! resolution is one, so it gets scale 1: the standardised value is the
-//! number of repeated rows beyond the normal one.
+//! A numeric column with scale 0 is constant in training. That is normal in
+//! real plants (a valve that stayed shut, a set-point nobody moved), so it
+//! is kept, and any movement later is evidence: its scale is floored at
+//! [`CONSTANT_SCALE_FRACTION`] of its level (1 when the level is 0), so a
+//! move by 1 % of the level standardises to 1. The column is named in
+//! [`Pipeline::floored`] (and the training report). A count
+//! (`{channel}.repeats`) gets scale 1 instead: a channel with fine
+//! resolution never repeats a value in normal operation, so its count is 0
+//! in every normal window, and any repeat (a stuck sensor) is the anomaly;
+//! the standardised value is the number of repeated rows beyond the normal
+//! one.
 //! The centre, scale and log offset are rounded to f32 when fitted: the
 //! exported graph holds them as f32 (see `to_f32_exact`).
 //!
@@ -69,7 +74,15 @@ pub struct Pipeline {
     /// `ln(max(x, 0) + ε)` before standardisation; empty when none is.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_offset: Vec<Option<f64>>,
+    /// Numeric columns that were constant in training and got the floored
+    /// scale (see the module docs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub floored: Vec<String>,
 }
+
+/// The scale of a column that was constant in training, as a fraction of
+/// its level (see the module docs).
+pub const CONSTANT_SCALE_FRACTION: f64 = 0.01;
 
 /// `v` rounded to the nearest f32, as f64. The fitted centre, scale and log
 /// offset are carried by the exported graph as f32; fitting them at f32
@@ -165,6 +178,7 @@ impl Pipeline {
         };
         let mut center = Vec::with_capacity(x.ncols());
         let mut scale = Vec::with_capacity(x.ncols());
+        let mut floored = Vec::new();
         for (j, col) in x.column_iter().enumerate() {
             let v: Vec<f64> = col.iter().copied().collect();
             let (c, s) = match scaling {
@@ -196,7 +210,12 @@ impl Pipeline {
             let (c, s) = if constant && is_count(name) {
                 (to_f32_exact(c), 1.0)
             } else if constant {
-                (c, 0.0)
+                floored.push(name.to_owned());
+                let level = CONSTANT_SCALE_FRACTION * c.abs();
+                (
+                    to_f32_exact(c),
+                    to_f32_exact(if level > 0.0 { level } else { 1.0 }),
+                )
             } else {
                 (to_f32_exact(c), to_f32_exact(s))
             };
@@ -236,6 +255,7 @@ impl Pipeline {
             scale,
             one_hot,
             log_offset,
+            floored,
         })
     }
 
@@ -423,13 +443,19 @@ mod tests {
             assert_eq!(f64::from(*v as f32), *v, "{v} is not an f32 value");
         }
         assert_eq!((p.center[1], p.scale[1]), (0.0, 1.0));
-        // A constant column that is not a count is still refused.
+        // A constant column that is not a count is kept with a scale of 1 %
+        // of its level (1 at level 0), and named.
         let names: Vec<String> = ["p.mean", "p.min", "q.mean"].map(String::from).to_vec();
-        let err = Pipeline::fit(&x, &names, &[], &[], Scaling::Plain).unwrap_err();
-        assert!(
-            matches!(&err, TrainError::ConstantColumn { name, .. } if name == "p.min"),
-            "{err}"
-        );
+        let p = Pipeline::fit(&x, &names, &[], &[], Scaling::Plain).unwrap();
+        assert_eq!((p.center[1], p.scale[1]), (0.0, 1.0));
+        assert_eq!(p.floored, ["p.min"]);
+        let mut level = x.clone();
+        level.column_mut(1).fill(250.0);
+        let p = Pipeline::fit(&level, &names, &[], &[], Scaling::Plain).unwrap();
+        assert_eq!((p.center[1], p.scale[1]), (250.0, 2.5));
+        // A move of 1 % of the level later is one standard unit.
+        let moved = DMatrix::from_row_slice(1, 3, &[181_196.4, 252.5, 1.0]);
+        assert_eq!(p.transform(&moved, &[]).unwrap()[(0, 1)], 1.0);
         let mut big = x.clone();
         big.column_mut(1)
             .iter_mut()

@@ -425,6 +425,6 @@ pub fn register_trained(
 fn champion_f1(artifact: &str, heldout: &super::dataset::Samples) -> Option<f64> {
     let model = super::run::SavedModel::load(Path::new(artifact)).ok()?;
     let labels = heldout.labels.as_ref()?;
-    let scores = model.score(heldout).ok()?;
+    let scores = model.decision_scores(heldout).ok()?;
     super::metrics::BinaryMetrics::compute(&scores, labels, model.threshold.value).f1
 }

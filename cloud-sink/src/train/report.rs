@@ -41,6 +41,15 @@ pub struct FamilyResult {
     /// Why the family could not be validated, when it could not.
     pub error: Option<String>,
     pub seconds: f64,
+    /// Without labels, `--family auto`: share of the windows with one
+    /// channel shifted by one standard deviation that alarm at the family's
+    /// calibrated threshold (out-of-fold; see `run::shift_probes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shift_detection: Option<f64>,
+    /// The false-alarm rate its calibrated threshold gives on the
+    /// out-of-fold normal windows, averaged over folds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_false_alarm_rate: Option<f64>,
 }
 
 /// What data went in.
@@ -91,10 +100,34 @@ pub struct TrainingReport {
     pub heldout_scores: Vec<f64>,
     pub heldout_labels: Option<Vec<bool>>,
     pub export: Option<ExportCheck>,
+    /// How the threshold was calibrated and the false-alarm rate to expect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
     /// With `--fleet`: the fleet base model and each device's fine-tuned
     /// model on the device's held-out rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetReport>,
+}
+
+/// How the chosen family's threshold was calibrated (see `run`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// `out-of-fold`: every window scored by a fold model that never saw it;
+    /// `in-sample`: the final model's own training windows (only when no
+    /// fold could be validated).
+    pub scores: String,
+    /// Windows the threshold was chosen on.
+    pub windows: usize,
+    /// The smoothing the threshold applies to.
+    pub smoothing: protocol::decision::Smoothing,
+    /// With labels and `--smoothing auto`: each candidate smoothing and its
+    /// out-of-fold F1 at its own threshold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub smoothing_candidates: Vec<(String, f64)>,
+    /// Share of the normal windows of each fold above the threshold: the
+    /// false-alarm rate to expect on new normal data, with its spread over
+    /// time blocks (or devices).
+    pub false_alarm_rate: Spread,
 }
 
 fn esc(s: &str) -> String {
@@ -459,6 +492,7 @@ impl FoldKind {
             FoldKind::ByDevice => {
                 "by-device folds, each scored on training devices its model never saw"
             }
+            FoldKind::Blocked => "blocked (consecutive time blocks) folds",
             FoldKind::ForwardChaining => "forward-chaining (time-ordered) folds",
         }
     }
@@ -473,6 +507,38 @@ fn mean_std(r: &FamilyResult, name: &str) -> (Option<f64>, Option<f64>) {
 /// spread, the runner-up's, the other families' F1, and the families that
 /// could not be validated, with why.
 /// `named`: the family was named with `--family`, nothing was compared.
+/// Why `chosen` won a comparison without labels: the most simulated
+/// one-channel shifts caught at the calibrated false-alarm rate.
+pub fn one_class_reason(chosen: FamilyKind, compared: &[&FamilyResult]) -> String {
+    let describe = |r: &FamilyResult| {
+        format!(
+            "{} catches {} of the windows with one channel shifted by one standard deviation, at an expected false-alarm rate of {}",
+            r.family.name(),
+            r.shift_detection
+                .map_or_else(|| "—".into(), |d| format!("{:.1} %", 100.0 * d)),
+            r.expected_false_alarm_rate
+                .map_or_else(|| "—".into(), |d| format!("{:.1} %", 100.0 * d)),
+        )
+    };
+    let mut out = String::from(
+        "no labels: the one-class families were compared on simulated sensor shifts (out-of-fold, each at its own calibrated threshold). ",
+    );
+    if let Some(w) = compared.iter().find(|r| r.family == chosen) {
+        let _ = write!(out, "{}.", describe(w));
+    }
+    for r in compared.iter().filter(|r| r.family != chosen) {
+        match &r.error {
+            None => {
+                let _ = write!(out, " Runner-up: {}.", describe(r));
+            }
+            Some(e) => {
+                let _ = write!(out, " {} could not be validated: {e}.", r.family.name());
+            }
+        }
+    }
+    out
+}
+
 pub fn selection_reason(chosen: FamilyKind, compared: &[&FamilyResult], named: bool) -> String {
     let f1 = |r: &FamilyResult| mean_std(r, "f1").0.unwrap_or(f64::NEG_INFINITY);
     let ap = |r: &FamilyResult| mean_std(r, "pr_auc").0.unwrap_or(f64::NEG_INFINITY);
@@ -583,6 +649,8 @@ mod tests {
             spread: s,
             error: error.map(str::to_owned),
             seconds: 0.0,
+            shift_detection: None,
+            expected_false_alarm_rate: None,
         }
     }
 

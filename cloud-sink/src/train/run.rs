@@ -63,6 +63,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
+use protocol::decision::{Decider, Decision, DecisionSpec, Smoothing, SmoothingState};
 use protocol::features::{BaselineSpec, FeatureSpec, Stat};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -80,8 +81,13 @@ use super::families::fleet::{self, FleetReport};
 use super::families::{FamilyKind, FittedModel, HyperParams};
 use super::metrics::{BinaryMetrics, RegressionMetrics, Spread};
 use super::preprocess::{Pipeline, Scaling};
-use super::report::{DataSummary, FamilyResult, FoldResult, TrainingReport, fold_metric};
+use super::report::{
+    Calibration, DataSummary, FamilyResult, FoldResult, TrainingReport, fold_metric,
+};
 use super::threshold::{self, Threshold, ThresholdRule};
+
+/// Frames per window `outpost-cloud-sink train` uses unless told otherwise.
+pub const DEFAULT_WINDOW: usize = 4;
 
 /// Options of a training run.
 #[derive(Clone, Debug)]
@@ -112,6 +118,8 @@ pub struct TrainOptions {
     pub hyper: HyperParams,
     /// `None`: best F1 with labels, the 0.99 normal quantile without.
     pub threshold: Option<ThresholdRule>,
+    /// How window scores are smoothed before the threshold (`--smoothing`).
+    pub smoothing: SmoothingChoice,
     /// Fleet transfer learning after the final fit (step 7 of the module
     /// docs); needs `family = Some(Autoencoder)`.
     pub fleet: bool,
@@ -135,10 +143,47 @@ impl TrainOptions {
             seed: 1,
             hyper: HyperParams::default(),
             threshold: None,
+            smoothing: SmoothingChoice::Auto,
             fleet: false,
         }
     }
 }
+
+/// How the smoothing of window scores is chosen (see [`protocol::decision`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SmoothingChoice {
+    /// Without labels [`UNLABELLED_SMOOTHING`]; with labels the candidate of
+    /// [`SMOOTHING_CANDIDATES`] whose out-of-fold F1 is highest.
+    Auto,
+    Fixed(Smoothing),
+}
+
+impl std::str::FromStr for SmoothingChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            Ok(SmoothingChoice::Auto)
+        } else {
+            s.parse().map(SmoothingChoice::Fixed)
+        }
+    }
+}
+
+/// The smoothing of one-class models (no labels to choose by): an EWMA that
+/// remembers about the last ten windows. On the Tennessee Eastman plant it
+/// takes the mean detection over the 18 detectable faults from 0.84 to 0.93
+/// at fewer false alarms (BENCHMARKS.md); a persistent fault moves the
+/// average, noise in single windows does not.
+pub const UNLABELLED_SMOOTHING: Smoothing = Smoothing::Ewma(0.1);
+
+/// What `--smoothing auto` compares with labels, the raw score first (ties
+/// keep the least smoothing: it alarms soonest).
+pub const SMOOTHING_CANDIDATES: [Smoothing; 4] = [
+    Smoothing::None,
+    Smoothing::Ewma(0.5),
+    Smoothing::Ewma(0.2),
+    Smoothing::Ewma(0.1),
+];
 
 /// Stops [`train_table`] at its next fold boundary: the flag is checked
 /// before every cross-validation fold, between families and around the
@@ -195,13 +240,25 @@ pub struct SavedModel {
     pub pipeline: Pipeline,
     pub model: FittedModel,
     pub threshold: Threshold,
+    /// Smoothing of each device's window scores before the threshold
+    /// (absent in models trained before it existed: none).
+    #[serde(default)]
+    pub smoothing: Smoothing,
 }
 
 impl SavedModel {
-    /// Scores samples built with this model's window options.
+    /// Window scores of samples built with this model's window options.
     pub fn score(&self, samples: &Samples) -> Result<Vec<f64>, TrainError> {
         let z = self.pipeline.transform(&samples.x, &samples.categorical)?;
         self.model.score(&z)
+    }
+
+    /// The scores the threshold applies to: [`score`](Self::score)
+    /// smoothed per device in time order, as the gateway does.
+    pub fn decision_scores(&self, samples: &Samples) -> Result<Vec<f64>, TrainError> {
+        let raw = self.score(samples)?;
+        let all: Vec<usize> = (0..samples.len()).collect();
+        Ok(smooth_by_device(samples, &all, &raw, self.smoothing))
     }
 
     /// Builds the samples of `table` the way this model was trained.
@@ -373,6 +430,40 @@ fn holdout_split(samples: &Samples, frac: f64, seed: u64) -> (Vec<usize>, Vec<us
     )
 }
 
+/// Smooths `scores[i]`, the score of sample `idx[i]`, per device in time
+/// order (ties in sample order), one [`SmoothingState`] per device — what a
+/// gateway does with the same windows. Returned in the order of `idx`.
+pub fn smooth_by_device(
+    s: &Samples,
+    idx: &[usize],
+    scores: &[f64],
+    smoothing: Smoothing,
+) -> Vec<f64> {
+    if smoothing == Smoothing::None {
+        return scores.to_vec();
+    }
+    let mut order: Vec<usize> = (0..idx.len().min(scores.len())).collect();
+    order.sort_by(|&a, &b| {
+        let (i, j) = (idx[a], idx[b]);
+        s.devices[i]
+            .cmp(&s.devices[j])
+            .then(s.times[i].cmp(&s.times[j]))
+            .then(i.cmp(&j))
+    });
+    let mut out = scores.to_vec();
+    let mut state = SmoothingState::default();
+    let mut device: Option<&str> = None;
+    for pos in order {
+        let d = s.devices[idx[pos]].as_str();
+        if device != Some(d) {
+            state = SmoothingState::default();
+            device = Some(d);
+        }
+        out[pos] = state.push(smoothing, scores[pos]);
+    }
+    out
+}
+
 /// Fits pipeline + model on `train` (normal windows only for unsupervised
 /// families when labels exist).
 fn fit_on(
@@ -440,11 +531,11 @@ fn device_folds(s: &Samples, train: &[usize], folds: usize) -> usize {
 /// out-of-fold scores: by device with labels, at least 3 training devices,
 /// and both classes in the training part of every by-device fold (a fold
 /// tests devices the model never saw, as the held-out set does); stratified
-/// with labels otherwise (anomalies on too few devices); forward-chaining
-/// without labels.
+/// with labels otherwise (anomalies on too few devices); blocked (consecutive
+/// time blocks) without labels.
 fn primary_fold_kind(s: &Samples, train: &[usize], folds: usize, seed: u64) -> FoldKind {
     let Some(labels) = &s.labels else {
-        return FoldKind::ForwardChaining;
+        return FoldKind::Blocked;
     };
     let k = device_folds(s, train, folds);
     let groups: Vec<String> = train.iter().map(|&i| s.devices[i].clone()).collect();
@@ -509,6 +600,10 @@ fn make_folds(
             let g: Vec<String> = train.iter().map(|&i| s.devices[i].clone()).collect();
             cv::group_kfold(&g, device_folds(s, train, opts.folds), opts.seed)
         }
+        FoldKind::Blocked => {
+            let t: Vec<i64> = train.iter().map(|&i| s.times[i]).collect();
+            cv::blocked(&t, opts.folds)
+        }
         FoldKind::ForwardChaining => {
             let t: Vec<i64> = train.iter().map(|&i| s.times[i]).collect();
             cv::forward_chaining(&t, opts.folds)
@@ -516,8 +611,17 @@ fn make_folds(
     }
 }
 
+/// One sample's score from the fold model that did not train on it.
+#[derive(Clone, Copy, Debug)]
+struct OutOfFold {
+    sample: usize,
+    fold: usize,
+    /// On the family's shared scale (see `FittedModel::score_offset`).
+    score: f64,
+}
+
 /// Cross-validates one family on `train` samples; also returns the pooled
-/// out-of-fold scores `(sample index, score)`. A family that fails is
+/// out-of-fold scores. A family that fails is
 /// reported in its result; only cancellation is an error. Each fold done
 /// advances `progress` by one; the folds a failure skips are taken off its
 /// length, so that the position ends at the length.
@@ -525,11 +629,12 @@ fn cross_validate(
     kind: FamilyKind,
     fold_kind: FoldKind,
     s: &Samples,
+    probes: &[Samples],
     train: &[usize],
     opts: &TrainOptions,
     progress: &ProgressBar,
     cancel: &CancelToken,
-) -> Result<(FamilyResult, Vec<(usize, f64)>), TrainTableError> {
+) -> Result<(FamilyResult, Vec<OutOfFold>, Vec<Vec<f64>>), TrainTableError> {
     let start = Instant::now();
     let mut result = FamilyResult {
         family: kind,
@@ -538,8 +643,12 @@ fn cross_validate(
         spread: Default::default(),
         error: None,
         seconds: 0.0,
+        shift_detection: None,
+        expected_false_alarm_rate: None,
     };
     let mut oof = Vec::new();
+    // Per probe, its out-of-fold scores in the order of `oof`.
+    let mut probe_oof: Vec<Vec<f64>> = vec![Vec::new(); probes.len()];
     let labels_of = |idx: &[usize]| {
         s.labels
             .as_ref()
@@ -567,7 +676,18 @@ fn cross_validate(
             let th = threshold::choose(rule, &tr_scores, tr_labels.as_deref())?;
             // On the family's shared scale (see `FittedModel::score_offset`).
             let offset = m.score_offset();
-            oof.extend(te.iter().copied().zip(te_scores.iter().map(|v| v + offset)));
+            oof.extend(te.iter().zip(&te_scores).map(|(&sample, v)| OutOfFold {
+                sample,
+                fold: index,
+                score: v + offset,
+            }));
+            for (probe, out) in probes.iter().zip(&mut probe_oof) {
+                out.extend(
+                    score_rows(&p, &m, probe, &te)?
+                        .into_iter()
+                        .map(|v| v + offset),
+                );
+            }
             let alarm_rate = te_labels.is_none().then(|| {
                 te_scores.iter().filter(|v| **v > th.value).count() as f64
                     / te_scores.len().max(1) as f64
@@ -614,7 +734,55 @@ fn cross_validate(
         result.spread.insert(name.to_owned(), Spread::of(&values));
     }
     result.seconds = start.elapsed().as_secs_f64();
-    Ok((result, oof))
+    Ok((result, oof, probe_oof))
+}
+
+/// The size of the simulated shift of [`shift_probes`], in the channel's
+/// training standard deviations.
+pub const PROBE_SHIFT_STD: f64 = 1.0;
+/// Most channels [`shift_probes`] shifts (evenly spread over the channels).
+pub const MAX_PROBE_CHANNELS: usize = 16;
+
+/// Samples of `table` with one channel shifted by [`PROBE_SHIFT_STD`] of its
+/// standard deviation, one per probed channel — a sensor offset, the
+/// simplest fault a one-class model must catch. Without labels, `--family
+/// auto` compares families by how many probe windows alarm at each family's
+/// calibrated threshold (each scored by the fold model that never trained
+/// on them). Channels that do not vary are not probed; a probe whose windows
+/// do not line up with the unshifted samples is left out.
+fn shift_probes(
+    table: &Table,
+    window: &WindowOptions,
+    samples: &Samples,
+) -> Result<Vec<Samples>, TrainError> {
+    let channels = table.numeric.len();
+    let step = channels.div_ceil(MAX_PROBE_CHANNELS).max(1);
+    let mut probes = Vec::new();
+    for c in (0..channels).step_by(step) {
+        let finite: Vec<f64> = table.numeric[c]
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .collect();
+        let n = finite.len() as f64;
+        if finite.len() < 2 {
+            continue;
+        }
+        let mean = finite.iter().sum::<f64>() / n;
+        let std = (finite.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n).sqrt();
+        if !(std > 0.0 && std.is_finite()) {
+            continue;
+        }
+        let mut shifted = table.clone();
+        for v in &mut shifted.numeric[c] {
+            *v += PROBE_SHIFT_STD * std;
+        }
+        let (probe, _) = dataset::build_samples(&shifted, window)?;
+        if probe.len() == samples.len() && probe.end_rows == samples.end_rows {
+            probes.push(probe);
+        }
+    }
+    Ok(probes)
 }
 
 fn check_holdout(opts: &TrainOptions) -> Result<(), TrainError> {
@@ -723,6 +891,75 @@ fn train_devices_fleet(
     Ok((fleet.report, devices))
 }
 
+/// Chooses the smoothing and the threshold on `oof`, scores of samples of `s`
+/// that the scoring model never trained on: each smoothing candidate of
+/// `opts.smoothing` is applied per device in time order, the threshold is
+/// chosen by `rule` on the smoothed scores, and with labels the candidate
+/// with the best F1 at its threshold wins. The expected false-alarm rate is
+/// the share of each fold's normal windows above the threshold. `offset` is
+/// taken off the threshold (the scores are on the family's shared scale, see
+/// `FittedModel::score_offset`; smoothing is linear, so it carries over).
+fn calibrate(
+    opts: &TrainOptions,
+    rule: ThresholdRule,
+    s: &Samples,
+    oof: &[OutOfFold],
+    offset: f64,
+) -> Result<(Threshold, Calibration), TrainError> {
+    let idx: Vec<usize> = oof.iter().map(|o| o.sample).collect();
+    let raw: Vec<f64> = oof.iter().map(|o| o.score).collect();
+    let labels: Option<Vec<bool>> = s
+        .labels
+        .as_ref()
+        .map(|l| idx.iter().map(|&i| l[i]).collect());
+    let candidates: Vec<Smoothing> = match (opts.smoothing, &labels) {
+        (SmoothingChoice::Fixed(x), _) => vec![x],
+        (SmoothingChoice::Auto, Some(_)) => SMOOTHING_CANDIDATES.to_vec(),
+        (SmoothingChoice::Auto, None) => vec![UNLABELLED_SMOOTHING],
+    };
+    let mut tried = Vec::new();
+    let mut best: Option<(f64, Smoothing, Threshold, Vec<f64>)> = None;
+    for smoothing in candidates {
+        let smoothed = smooth_by_device(s, &idx, &raw, smoothing);
+        let th = threshold::choose(rule, &smoothed, labels.as_deref())?;
+        let f1 = labels
+            .as_ref()
+            .and_then(|l| BinaryMetrics::compute(&smoothed, l, th.value).f1)
+            .unwrap_or(0.0);
+        tried.push((smoothing.label(), f1));
+        if best.as_ref().is_none_or(|b| f1 > b.0) {
+            best = Some((f1, smoothing, th, smoothed));
+        }
+    }
+    let Some((_, smoothing, mut th, smoothed)) = best else {
+        return Err(TrainError::TooFewRows { rows: 0, needed: 1 });
+    };
+    let folds = oof.iter().map(|o| o.fold + 1).max().unwrap_or(0);
+    let rates: Vec<Option<f64>> = (0..folds)
+        .map(|f| {
+            let (mut normal, mut over) = (0usize, 0usize);
+            for (k, o) in oof.iter().enumerate() {
+                if o.fold == f && !labels.as_ref().is_some_and(|l| l[k]) {
+                    normal += 1;
+                    over += usize::from(smoothed[k] > th.value);
+                }
+            }
+            (normal > 0).then(|| over as f64 / normal as f64)
+        })
+        .collect();
+    th.value -= offset;
+    Ok((
+        th,
+        Calibration {
+            scores: "out-of-fold".into(),
+            windows: oof.len(),
+            smoothing,
+            smoothing_candidates: if tried.len() > 1 { tried } else { Vec::new() },
+            false_alarm_rate: Spread::of(&rates),
+        },
+    ))
+}
+
 /// Trains on the files `opts.inputs` per the module docs: reads them into a
 /// frame table, then [`train_table`]. `progress` may be hidden.
 pub fn train(opts: &TrainOptions, progress: &ProgressBar) -> Result<TrainOutcome, TrainError> {
@@ -749,6 +986,8 @@ struct Built {
     stats: SampleStats,
     train: Vec<usize>,
     primary: FoldKind,
+    /// Without labels and with `--family auto`: [`shift_probes`].
+    probes: Vec<Samples>,
 }
 
 /// Trains on a frame table already in memory, per the module docs (steps
@@ -774,14 +1013,11 @@ pub fn train_table(
     let candidates: Vec<FamilyKind> = match opts.family {
         Some(f) => vec![f],
         None if labelled => FamilyKind::AUTO.to_vec(),
-        None => {
-            return Err(TrainError::NeedLabels {
-                what: "choosing a family by validation (--family auto)",
-                detail: "the data has no label column: name a family with --family".into(),
-            }
-            .into());
-        }
+        None => FamilyKind::ONE_CLASS_AUTO.to_vec(),
     };
+    // Without labels `auto` compares families on simulated shifts.
+    let probing = opts.family.is_none() && !labelled;
+    let rule = opts.threshold.unwrap_or(default_rule(labelled));
     if candidates.iter().any(|f| f.supervised()) && !labelled && opts.family.is_some() {
         return Err(TrainError::NeedLabels {
             what: "the classifier",
@@ -813,12 +1049,18 @@ pub fn train_table(
                 }
                 let (train, _, _) = holdout_split(&samples, opts.holdout, opts.seed);
                 let primary = primary_fold_kind(&samples, &train, opts.folds, opts.seed);
+                let probes = if probing {
+                    shift_probes(table, &w, &samples)?
+                } else {
+                    Vec::new()
+                };
                 built.push(Built {
                     window: w,
                     samples,
                     stats,
                     train,
                     primary,
+                    probes,
                 });
                 built.len() - 1
             }
@@ -844,24 +1086,48 @@ pub fn train_table(
     for (kind, at, kinds) in plans {
         let b = &built[at];
         for fk in kinds {
-            let (r, oof) = cross_validate(kind, fk, &b.samples, &b.train, opts, progress, cancel)?;
+            let probes: &[Samples] = if fk == b.primary { &b.probes } else { &[] };
+            let (mut r, oof, probe_oof) =
+                cross_validate(kind, fk, &b.samples, probes, &b.train, opts, progress, cancel)?;
             let primary = fk == b.primary || !labelled;
             if primary {
                 primary_results.push(results.len());
             }
             if primary && r.error.is_none() {
-                let f1 = r
-                    .spread
-                    .get("f1")
-                    .and_then(|s| s.mean)
-                    .unwrap_or(f64::NEG_INFINITY);
-                let ap = r
-                    .spread
-                    .get("pr_auc")
-                    .and_then(|s| s.mean)
-                    .unwrap_or(f64::NEG_INFINITY);
-                if best.as_ref().is_none_or(|b| (f1, ap) > (b.1, b.2)) {
-                    best = Some((kind, f1, ap, oof));
+                let key = if probing {
+                    // More shifts caught, then fewer false alarms.
+                    let (th, c) = calibrate(opts, rule, &b.samples, &oof, 0.0)?;
+                    let idx: Vec<usize> = oof.iter().map(|o| o.sample).collect();
+                    let caught: Vec<f64> = probe_oof
+                        .iter()
+                        .map(|scores| {
+                            let smoothed = smooth_by_device(&b.samples, &idx, scores, c.smoothing);
+                            smoothed.iter().filter(|&&v| v > th.value).count() as f64
+                                / smoothed.len().max(1) as f64
+                        })
+                        .collect();
+                    let detection = (!caught.is_empty())
+                        .then(|| caught.iter().sum::<f64>() / caught.len() as f64);
+                    r.shift_detection = detection;
+                    r.expected_false_alarm_rate = c.false_alarm_rate.mean;
+                    (
+                        detection.unwrap_or(0.0),
+                        -c.false_alarm_rate.mean.unwrap_or(1.0),
+                    )
+                } else {
+                    (
+                        r.spread
+                            .get("f1")
+                            .and_then(|s| s.mean)
+                            .unwrap_or(f64::NEG_INFINITY),
+                        r.spread
+                            .get("pr_auc")
+                            .and_then(|s| s.mean)
+                            .unwrap_or(f64::NEG_INFINITY),
+                    )
+                };
+                if best.as_ref().is_none_or(|b| key > (b.1, b.2)) {
+                    best = Some((kind, key.0, key.1, oof));
                 }
             }
             results.push(r);
@@ -883,7 +1149,11 @@ pub fn train_table(
         .into());
     };
     let compared: Vec<&FamilyResult> = primary_results.iter().map(|&i| &results[i]).collect();
-    let reason = super::report::selection_reason(chosen, &compared, opts.family.is_some());
+    let reason = if probing {
+        super::report::one_class_reason(chosen, &compared)
+    } else {
+        super::report::selection_reason(chosen, &compared, opts.family.is_some())
+    };
     // Final fit.
     cancel.check()?;
     let w = window_options(opts, chosen, table);
@@ -894,29 +1164,29 @@ pub fn train_table(
     let (train_idx, test_idx, holdout) = holdout_split(&samples, opts.holdout, opts.seed);
     let (pipeline, model) = fit_on(chosen, &samples, &train_idx, opts)?;
     cancel.check()?;
-    let rule = opts.threshold.unwrap_or(default_rule(labelled));
-    let th = match (&samples.labels, rule) {
-        (Some(l), ThresholdRule::BestF1 | ThresholdRule::TargetFalseAlarmRate(_))
-            if !oof.is_empty() =>
-        {
-            let scores: Vec<f64> = oof.iter().map(|(_, s)| *s).collect();
-            let labels: Vec<bool> = oof.iter().map(|(i, _)| l[*i]).collect();
-            let mut th = threshold::choose(rule, &scores, Some(&labels))?;
-            th.value -= model.score_offset();
-            th
-        }
-        _ => {
-            let tr_scores = score_rows(&pipeline, &model, &samples, &train_idx)?;
-            let tr_labels = samples
-                .labels
-                .as_ref()
-                .map(|l| train_idx.iter().map(|&i| l[i]).collect::<Vec<_>>());
-            threshold::choose(rule, &tr_scores, tr_labels.as_deref())?
-        }
+    let (th, calibration) = if oof.is_empty() {
+        let tr_scores = score_rows(&pipeline, &model, &samples, &train_idx)?;
+        let in_sample: Vec<OutOfFold> = train_idx
+            .iter()
+            .zip(&tr_scores)
+            .map(|(&sample, &score)| OutOfFold {
+                sample,
+                fold: 0,
+                score,
+            })
+            .collect();
+        let (th, mut c) = calibrate(opts, rule, &samples, &in_sample, 0.0)?;
+        c.scores = "in-sample".into();
+        (th, c)
+    } else {
+        calibrate(opts, rule, &samples, &oof, model.score_offset())?
     };
+    let smoothing = calibration.smoothing;
     let test = samples.select(&test_idx);
     let heldout_z = pipeline.transform(&test.x, &test.categorical)?;
-    let heldout_scores = model.score(&heldout_z)?;
+    let heldout_raw = model.score(&heldout_z)?;
+    let all_test: Vec<usize> = (0..test.len()).collect();
+    let heldout_scores = smooth_by_device(&test, &all_test, &heldout_raw, smoothing);
     let heldout = test
         .labels
         .as_ref()
@@ -968,6 +1238,7 @@ pub fn train_table(
         pipeline,
         model,
         threshold: th,
+        smoothing,
     };
     let (fleet, devices) = if opts.fleet {
         cancel.check()?;
@@ -990,6 +1261,7 @@ pub fn train_table(
         heldout_scores: heldout_scores[..cap].to_vec(),
         heldout_labels: test.labels.as_ref().map(|l| l[..cap].to_vec()),
         export: None,
+        calibration: Some(calibration),
         fleet,
     };
     Ok(TrainOutcome {
@@ -1073,7 +1345,7 @@ pub fn evaluate(
             what: "evaluate",
             detail: "no label column was read".into(),
         })?;
-    let scores = model.score(&samples)?;
+    let scores = model.decision_scores(&samples)?;
     Ok(BinaryMetrics::compute(
         &scores,
         &labels,
@@ -1087,48 +1359,82 @@ pub struct ScoredRow {
     pub row: usize,
     pub device: String,
     pub time_ns: Option<i64>,
+    /// The window's score.
     pub score: Option<f64>,
+    /// The score the threshold applies to: `score` smoothed over the
+    /// device's windows by the model's smoothing (equal to `score` without).
+    pub smoothed: Option<f64>,
+    /// The device is in alarm after this window (what a gateway running
+    /// the exported model decides on the same windows).
     pub alarm: Option<bool>,
     pub status: &'static str,
 }
 
 /// Scores every row of `input` (the window ending at that row) in input
-/// order, and writes them as CSV to `out`.
+/// order, and writes them as CSV to `out`. Each device's windows go through
+/// the model's decision ([`protocol::decision::Decider`]: smoothing,
+/// threshold, k-of-n 1 of 1) in time order, as on the gateway.
 pub fn score(dir: &Path, input: &Path, out: &Path) -> Result<Vec<ScoredRow>, TrainError> {
     let model = SavedModel::load(dir)?;
     let table = dataset::load_files(&[input.to_owned()], &columns_of(&model, None))?;
     let (samples, _) = model.samples(&table, 1)?;
     let scores = model.score(&samples)?;
+    let spec = DecisionSpec {
+        smoothing: model.smoothing,
+        threshold: model.threshold.value,
+        k: 1,
+        n: 1,
+    };
+    let mut order: Vec<usize> = (0..samples.len()).collect();
+    order.sort_by(|&a, &b| {
+        samples.devices[a]
+            .cmp(&samples.devices[b])
+            .then(samples.times[a].cmp(&samples.times[b]))
+            .then(a.cmp(&b))
+    });
+    let mut decisions: Vec<Option<Decision>> = vec![None; samples.len()];
+    let mut decider: Option<(&str, Decider)> = None;
+    for k in order {
+        let device = samples.devices[k].as_str();
+        let d = match &mut decider {
+            Some((name, d)) if *name == device => d,
+            slot => &mut slot.insert((device, Decider::new(spec))).1,
+        };
+        decisions[k] = Some(d.push(scores[k]));
+    }
     let mut rows: Vec<ScoredRow> = samples
         .row_status
         .iter()
         .enumerate()
         .map(|(i, st)| {
-            let (score, status) = match st {
-                RowStatus::Sample(k) => (Some(scores[*k]), "scored"),
-                RowStatus::BeforeFullWindow => (None, "before_first_full_window"),
-                RowStatus::Gap => (None, "window_has_missing_values"),
-                RowStatus::NotDue => (None, "not_a_window_end"),
+            let (score, decision, status) = match st {
+                RowStatus::Sample(k) => (Some(scores[*k]), decisions[*k], "scored"),
+                RowStatus::BeforeFullWindow => (None, None, "before_first_full_window"),
+                RowStatus::Gap => (None, None, "window_has_missing_values"),
+                RowStatus::NotDue => (None, None, "not_a_window_end"),
             };
             ScoredRow {
                 row: table.source_rows[i],
                 device: table.devices[i].clone(),
                 time_ns: table.times.as_ref().map(|t| t[i]),
                 score,
-                alarm: score.map(|s| s > model.threshold.value),
+                smoothed: decision.map(|d| d.score),
+                alarm: decision.map(|d| d.alarm),
                 status,
             }
         })
         .collect();
     rows.sort_by_key(|r| r.row);
-    let mut text = String::from("row,device,time_ns,score,alarm,status\n");
+    let mut text = String::from("row,device,time_ns,score,smoothed,alarm,status\n");
+    let num = |v: Option<f64>| v.map_or_else(String::new, |s| format!("{s}"));
     for r in &rows {
         text.push_str(&format!(
-            "{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{}\n",
             r.row,
             r.device,
             r.time_ns.map_or_else(String::new, |t| t.to_string()),
-            r.score.map_or_else(String::new, |s| format!("{s}")),
+            num(r.score),
+            num(r.smoothed),
             r.alarm.map_or("", |a| if a { "1" } else { "0" }),
             r.status
         ));
@@ -1138,7 +1444,7 @@ pub fn score(dir: &Path, input: &Path, out: &Path) -> Result<Vec<ScoredRow>, Tra
 }
 
 /// The best family so far: kind, its two scores, and its per-sample scores.
-type BestCandidate = (FamilyKind, f64, f64, Vec<(usize, f64)>);
+type BestCandidate = (FamilyKind, f64, f64, Vec<OutOfFold>);
 
 #[cfg(test)]
 mod tests {

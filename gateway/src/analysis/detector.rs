@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use outpost_models::{Model, ModelError};
+use protocol::decision::{DecisionSpec, Smoothing};
 use protocol::features::{FeatureSpec, Stat};
 
 use super::config::{FallbackConfig, ModelFiles};
@@ -92,9 +93,8 @@ pub struct Pipeline {
     pub frame_period: Duration,
     pub window_len: usize,
     pub hop: usize,
-    pub threshold: f64,
-    pub k: u32,
-    pub n: u32,
+    /// Smoothing, threshold and k-of-n of every device's window scores.
+    pub decision: DecisionSpec,
     /// The model's features (absent for the fallback).
     pub model_features: Option<FeatureSpec>,
     pub model_name: String,
@@ -111,9 +111,7 @@ impl Pipeline {
                     frame_period: man.input.frame_period,
                     window_len: man.input.window_len,
                     hop: man.input.hop,
-                    threshold: man.score.threshold,
-                    k: man.score.hysteresis.k,
-                    n: man.score.hysteresis.n,
+                    decision: man.score.decision(),
                     model_features: Some(man.features.clone()),
                     model_name: man.name.clone(),
                     model_version: man.version,
@@ -130,9 +128,12 @@ impl Pipeline {
                     frame_period: fallback.frame_period,
                     window_len,
                     hop,
-                    threshold: fallback.threshold,
-                    k: fallback.k,
-                    n: fallback.n,
+                    decision: DecisionSpec {
+                        smoothing: Smoothing::None,
+                        threshold: fallback.threshold,
+                        k: fallback.k,
+                        n: fallback.n,
+                    },
                     model_features: None,
                     model_name: "fallback".into(),
                     model_version: 0,

@@ -8,7 +8,8 @@
 //! - [`rings`] — [`rings::Feed`]: ingest (single producer) → one SPSC `ringbuf`
 //!   per shard; full ring = newest dropped and counted.
 //! - [`worker`] — one OS thread per shard: frames, windows, features, batched
-//!   scoring, hysteresis, rate limit.
+//!   scoring, the decision (smoothing, threshold, k-of-n: `protocol::decision`),
+//!   rate limit.
 //! - [`frames`] — [`FrameAssembler`]: readings of one device (any channel
 //!   order, slightly out of order) → [`Frame`]s on a fixed time grid,
 //!   hold-last-value within a tolerance, gaps flagged and counted.
@@ -18,7 +19,6 @@
 //! - [`detector`] — the active and shadow model slots (hot swap via arc-swap) and
 //!   the pipeline (channels, window, threshold) a worker follows.
 //! - [`fallback`] — robust z-score per channel from a warm-up period, when no model is installed.
-//! - [`hysteresis`] — k-of-n decision so alerts don't flap.
 //! - [`alerts`] — the alert event, per-device rate limit, MQTT publishing.
 //! - [`metrics`] — `outpost_gateway_analysis_*`.
 //! - [`runtime`] — [`runtime::Analysis`]: start/stop the whole path (workers, alert delivery).
@@ -29,7 +29,6 @@ pub mod config;
 pub mod detector;
 pub mod fallback;
 pub mod frames;
-pub mod hysteresis;
 pub mod metrics;
 pub mod report;
 pub mod rings;

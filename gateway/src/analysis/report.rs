@@ -51,8 +51,14 @@ fn describe(out: &mut String, slot: &str, files: &ModelFiles) {
             );
             let _ = writeln!(
                 out,
-                "  alert: score > {} in {} of {} windows",
-                man.score.threshold, man.score.hysteresis.k, man.score.hysteresis.n
+                "  alert: {} score > {} in {} of {} windows",
+                match man.score.smoothing {
+                    protocol::decision::Smoothing::None => "window".to_owned(),
+                    s => format!("smoothed ({})", s.label()),
+                },
+                man.score.threshold,
+                man.score.hysteresis.k,
+                man.score.hysteresis.n
             );
             let md = &man.metadata;
             if let (Some(from), Some(to)) = (md.training_from, md.training_to) {

@@ -27,10 +27,11 @@ use tracing::{error, info, warn};
 
 use super::alerts::{Alert, Contribution, RateLimit};
 use super::config::AnalysisConfig;
+use protocol::decision::{Decider, Edge};
+
 use super::detector::{FALLBACK_STATS, ModelSlots, Pipeline};
 use super::fallback::{RobustZ, top_channels};
 use super::frames::{FrameAssembler, FrameSpec};
-use super::hysteresis::{Edge, KOfN};
 use super::metrics::AnalysisMetrics;
 use super::windows::{WindowSpec, Windower};
 
@@ -44,7 +45,8 @@ struct Device {
     /// The model's per-device running baseline (`features.baseline`),
     /// advanced by every window the model sees; reset with the model.
     model_baseline: BaselineState,
-    hysteresis: KOfN,
+    /// Smoothing and k-of-n state of the device's scores.
+    decider: Decider,
     /// Start times of the last `n` windows decided (for the alert's span).
     starts: VecDeque<Timestamp>,
 }
@@ -200,9 +202,10 @@ impl Shard {
                 self.window_spec = b.window_spec;
                 self.fallback_x = b.fallback_x;
                 self.model_x = b.model_x;
-                // A new threshold or hysteresis applies to every device.
+                // A new decision rule applies to every device, from scratch:
+                // another model's scores are on another scale.
                 for d in self.devices.values_mut() {
-                    d.hysteresis = KOfN::new(self.pipeline.k, self.pipeline.n);
+                    d.decider = Decider::new(self.pipeline.decision);
                     d.starts.clear();
                     // Another model may keep another baseline (or none).
                     d.model_baseline = BaselineState::new();
@@ -248,7 +251,7 @@ impl Shard {
                         self.cfg.fallback.warmup_windows,
                     ),
                     model_baseline: BaselineState::new(),
-                    hysteresis: KOfN::new(self.pipeline.k, self.pipeline.n),
+                    decider: Decider::new(self.pipeline.decision),
                     starts: VecDeque::new(),
                 },
             );
@@ -379,22 +382,22 @@ impl Shard {
         let Some(dev) = self.devices.get_mut(&p.device) else {
             return;
         };
-        let anomalous = score > self.pipeline.threshold;
-        if anomalous {
+        let decision = dev.decider.push(score);
+        if decision.anomalous {
             self.metrics.anomalous_windows.inc();
         }
         dev.starts.push_back(p.start);
-        while dev.starts.len() > self.pipeline.n as usize {
+        while dev.starts.len() > self.pipeline.decision.n as usize {
             dev.starts.pop_front();
         }
-        if dev.hysteresis.push(anomalous) != Edge::Raised {
+        if decision.edge != Edge::Raised {
             return;
         }
         if !self.rate.allow(&p.device, now) {
             self.metrics.dropped("rate_limited");
             return;
         }
-        let span = dev.hysteresis.span().max(1);
+        let span = dev.decider.span().max(1);
         let start = dev
             .starts
             .get(dev.starts.len().saturating_sub(span))
@@ -414,8 +417,10 @@ impl Shard {
             device: p.device,
             start,
             end: p.end,
-            score,
-            threshold: self.pipeline.threshold,
+            // The score the threshold was applied to (smoothed, when the
+            // model's manifest says so).
+            score: decision.score,
+            threshold: self.pipeline.decision.threshold,
             model: self.pipeline.model_name.clone(),
             model_version: self.pipeline.model_version,
             channels,

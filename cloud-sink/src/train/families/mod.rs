@@ -63,6 +63,10 @@ impl FamilyKind {
         FamilyKind::Classifier,
     ];
 
+    /// What `--family auto` compares without labels: the one-class
+    /// families with a closed-form fit (see `run::shift_probes`).
+    pub const ONE_CLASS_AUTO: [FamilyKind; 2] = [FamilyKind::Gaussian, FamilyKind::Pca];
+
     pub fn name(self) -> &'static str {
         match self {
             FamilyKind::Pca => "pca",
