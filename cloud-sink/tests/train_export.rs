@@ -348,10 +348,7 @@ fn auto_without_labels_compares_the_one_class_families_and_keeps_a_constant_chan
     let moved = csv("moved.csv", &|i| if i < 100 { 5.0 } else { 5.5 });
     let rows = run::score(&out, &moved, &dir.path().join("s.csv")).unwrap();
     let alarms = |range: std::ops::Range<usize>| {
-        rows[range]
-            .iter()
-            .filter(|r| r.alarm == Some(true))
-            .count()
+        rows[range].iter().filter(|r| r.alarm == Some(true)).count()
     };
     assert!(alarms(110..200) >= 85, "{}", alarms(110..200));
     assert!(alarms(0..100) <= 5, "{}", alarms(0..100));

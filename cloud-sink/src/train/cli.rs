@@ -65,6 +65,9 @@ pub struct TrainArgs {
     /// Statistics per channel and window, comma-separated.
     #[arg(long, value_delimiter = ',', value_parser = parse_stat, default_value = "mean,std,min,max,slope")]
     pub stats: Vec<Stat>,
+    /// Also give the window's frames themselves as features: every channel at every lag within the window (the inputs of dynamic PCA).
+    #[arg(long)]
+    pub raw: bool,
     /// Missing values: `drop` (windows with gaps) or `ffill:N` (forward-fill within N frames).
     #[arg(long, default_value = "drop")]
     pub missing: MissingPolicy,
@@ -176,6 +179,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     opts.window_len = args.window;
     opts.hop = args.hop;
     opts.stats = args.stats;
+    opts.raw = args.raw;
     opts.missing = args.missing;
     opts.scaling = args.scaling;
     opts.log_spread = args.log_spread;
@@ -306,10 +310,7 @@ fn summary(r: &super::report::TrainingReport) -> String {
             far.defined
         ));
     }
-    out.push_str(&format!(
-        "\nheld-out ({}): ",
-        r.data.holdout
-    ));
+    out.push_str(&format!("\nheld-out ({}): ", r.data.holdout));
     match &r.heldout {
         Some(m) => out.push_str(&format!(
             "F1 {}, precision {}, recall {}, ROC-AUC {}, false-alarm rate {}",

@@ -101,6 +101,9 @@ pub struct TrainOptions {
     pub hop: usize,
     /// Statistics per channel and window (`window_len ≥ 2`).
     pub stats: Vec<Stat>,
+    /// Also the window's frames themselves as features (`--raw`): every
+    /// channel at every lag, the inputs of dynamic PCA.
+    pub raw: bool,
     pub missing: MissingPolicy,
     pub scaling: Scaling,
     /// Log-scale the spread statistics before standardising
@@ -134,6 +137,7 @@ impl TrainOptions {
             window_len: 1,
             hop: 1,
             stats: vec![Stat::Mean, Stat::Std, Stat::Min, Stat::Max, Stat::Slope],
+            raw: false,
             missing: MissingPolicy::Drop,
             scaling: Scaling::Plain,
             log_spread: false,
@@ -387,7 +391,7 @@ fn window_options(opts: &TrainOptions, kind: FamilyKind, table: &Table) -> Windo
                 channels: table.numeric_names.clone(),
                 stats: opts.stats.clone(),
                 bands: None,
-                raw: false,
+                raw: opts.raw,
                 categorical: Vec::new(),
                 baseline: opts
                     .baseline
@@ -1087,8 +1091,9 @@ pub fn train_table(
         let b = &built[at];
         for fk in kinds {
             let probes: &[Samples] = if fk == b.primary { &b.probes } else { &[] };
-            let (mut r, oof, probe_oof) =
-                cross_validate(kind, fk, &b.samples, probes, &b.train, opts, progress, cancel)?;
+            let (mut r, oof, probe_oof) = cross_validate(
+                kind, fk, &b.samples, probes, &b.train, opts, progress, cancel,
+            )?;
             let primary = fk == b.primary || !labelled;
             if primary {
                 primary_results.push(results.len());
