@@ -28,8 +28,8 @@ use std::time::Instant;
 use cloud_sink::train::dataset::{self, ColumnOptions, Table};
 use cloud_sink::train::families::FamilyKind;
 use cloud_sink::train::run::{self, CancelToken, SavedModel, SmoothingChoice, TrainOptions};
-use indicatif::ProgressBar;
 use cloud_sink::train::threshold::ThresholdRule;
+use indicatif::ProgressBar;
 use protocol::decision::Smoothing;
 
 /// Faults 3, 9 and 15 are left out of the mean, as in the literature.
@@ -256,7 +256,11 @@ fn main() {
         "| family | smoothing | asked % | expected % (fold min–max) | test_normal % | before the faults % | mean detection (18) |"
     );
     println!("|---|---|---:|---:|---:|---:|---:|");
-    let targets: &[f64] = if quick { &[0.01] } else { &[0.005, 0.01, 0.02, 0.05] };
+    let targets: &[f64] = if quick {
+        &[0.01]
+    } else {
+        &[0.005, 0.01, 0.02, 0.05]
+    };
     for kind in [FamilyKind::Gaussian, FamilyKind::Pca] {
         for sm in [Smoothing::None, Smoothing::Ewma(0.1)] {
             for &target in targets {

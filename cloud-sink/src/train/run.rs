@@ -624,21 +624,43 @@ struct OutOfFold {
     score: f64,
 }
 
-/// Cross-validates one family on `train` samples; also returns the pooled
-/// out-of-fold scores. A family that fails is
+/// What one cross-validation gives.
+struct Validated {
+    result: FamilyResult,
+    /// The pooled out-of-fold scores.
+    oof: Vec<OutOfFold>,
+    /// Per probe ([`shift_probes`]), its out-of-fold scores in the order of
+    /// `oof`.
+    probe_oof: Vec<Vec<f64>>,
+}
+
+/// The data one cross-validation runs on: samples, their shifted copies
+/// (may be empty) and the indices of the training part.
+#[derive(Clone, Copy)]
+struct CvData<'a> {
+    samples: &'a Samples,
+    probes: &'a [Samples],
+    train: &'a [usize],
+}
+
+/// Cross-validates one family on the `train` samples of `data`; also
+/// returns the pooled out-of-fold scores. A family that fails is
 /// reported in its result; only cancellation is an error. Each fold done
 /// advances `progress` by one; the folds a failure skips are taken off its
 /// length, so that the position ends at the length.
 fn cross_validate(
     kind: FamilyKind,
     fold_kind: FoldKind,
-    s: &Samples,
-    probes: &[Samples],
-    train: &[usize],
+    data: CvData<'_>,
     opts: &TrainOptions,
     progress: &ProgressBar,
     cancel: &CancelToken,
-) -> Result<(FamilyResult, Vec<OutOfFold>, Vec<Vec<f64>>), TrainTableError> {
+) -> Result<Validated, TrainTableError> {
+    let CvData {
+        samples: s,
+        probes,
+        train,
+    } = data;
     let start = Instant::now();
     let mut result = FamilyResult {
         family: kind,
@@ -738,7 +760,11 @@ fn cross_validate(
         result.spread.insert(name.to_owned(), Spread::of(&values));
     }
     result.seconds = start.elapsed().as_secs_f64();
-    Ok((result, oof, probe_oof))
+    Ok(Validated {
+        result,
+        oof,
+        probe_oof,
+    })
 }
 
 /// The size of the simulated shift of [`shift_probes`], in the channel's
@@ -1091,9 +1117,16 @@ pub fn train_table(
         let b = &built[at];
         for fk in kinds {
             let probes: &[Samples] = if fk == b.primary { &b.probes } else { &[] };
-            let (mut r, oof, probe_oof) = cross_validate(
-                kind, fk, &b.samples, probes, &b.train, opts, progress, cancel,
-            )?;
+            let data = CvData {
+                samples: &b.samples,
+                probes,
+                train: &b.train,
+            };
+            let Validated {
+                result: mut r,
+                oof,
+                probe_oof,
+            } = cross_validate(kind, fk, data, opts, progress, cancel)?;
             let primary = fk == b.primary || !labelled;
             if primary {
                 primary_results.push(results.len());
