@@ -101,7 +101,7 @@ pub const MAX_LABEL_SPANS: u32 = 100_000;
 /// The scope that means every device.
 pub const FLEET: &str = "fleet";
 /// `train`'s defaults: `--window 4 --hop 1`.
-pub const DEFAULT_WINDOW: usize = 4;
+pub const DEFAULT_WINDOW: usize = super::run::DEFAULT_WINDOW;
 pub const DEFAULT_HOP: usize = 1;
 /// Bounds on a job's window options.
 pub const MAX_WINDOW: usize = 4096;
@@ -169,7 +169,8 @@ pub struct JobSpec {
     pub devices: Option<Vec<String>>,
     pub from_ns: Option<i64>,
     pub to_ns: Option<i64>,
-    /// `None`: choose by validation (`auto`; needs labels).
+    /// `None`: choose by validation (`auto`: by F1 with labels, on
+    /// simulated shifts without).
     pub family: Option<FamilyKind>,
     pub window: usize,
     pub hop: usize,

@@ -17,21 +17,28 @@
 //!    model is applied to devices it was not trained on, and windows of one
 //!    device overlap, so random folds would score near-copies of training
 //!    windows. With labels but fewer devices: stratified k-fold (every fold
-//!    keeps the anomaly ratio); without labels: forward-chaining. The
-//!    forecaster additionally gets k-fold and forward-chaining regression
-//!    metrics. Unsupervised families are fitted on normal windows only. In
-//!    each fold the threshold is chosen on the fold's training scores.
-//! 4. Choose: with `--family auto` the family with the best mean
-//!    cross-validated F1 of the first cross-validation above (ties: PR-AUC).
-//!    The report's `reason` states it, with the fold spread, the runner-up
-//!    and the families that could not be validated. Without labels, `auto`
-//!    cannot compare families honestly and asks for `--family`.
-//! 5. Fit the chosen family on all training windows; threshold by the rule
-//!    (default: best F1 on the pooled out-of-fold scores with labels — each
-//!    fold's scores put on the family's shared scale first, see
-//!    `FittedModel::score_offset` — the 0.99 quantile of the training
-//!    scores without).
-//! 6. Evaluate on the held-out set; write `model.json`, `report.json`,
+//!    keeps the anomaly ratio); without labels: blocked folds (consecutive
+//!    time blocks, each tested once). The forecaster additionally gets
+//!    k-fold and forward-chaining regression metrics. Unsupervised families
+//!    are fitted on normal windows only. In each fold the fold metrics use a
+//!    threshold chosen on the fold's training scores.
+//! 4. Choose: with `--family auto` and labels, the family with the best
+//!    mean cross-validated F1 of the first cross-validation above (ties:
+//!    PR-AUC); the report's `reason` states it, with the fold spread, the
+//!    runner-up and the families that could not be validated. Without
+//!    labels, the one-class family that catches the most simulated
+//!    one-channel shifts ([`shift_probes`]) at its calibrated threshold.
+//! 5. Fit the chosen family on all training windows. **Calibrate**
+//!    ([`calibrate`]) on the pooled out-of-fold scores — each fold's scores
+//!    put on the family's shared scale first, see
+//!    `FittedModel::score_offset` — smoothed per device in time order as the
+//!    gateway will: the smoothing (`--smoothing`), then the threshold by the
+//!    rule (default: best F1 with labels, the 0.99 quantile without), and
+//!    the false-alarm rate each fold gives at it (the rate to expect). The
+//!    final model's own training scores are never used: they are lower than
+//!    any new data's, most with many features and few windows.
+//! 6. Evaluate on the held-out set (its scores smoothed the same way);
+//!    write `model.json`, `report.json`,
 //!    `report.html` ([`write_outputs`]).
 //! 7. With [`TrainOptions::fleet`] (`--fleet`, autoencoder only): fleet
 //!    transfer learning ([`fleet::train_fleet`]) on the training windows
