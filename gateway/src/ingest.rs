@@ -21,8 +21,8 @@ use crate::envelope::{Checkpoint, Commit, Content, Envelope};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxError, QuarantineEntry};
 
-/// A group commits at once when it holds this many readings (~20 KB in
-/// the outbox): enough to spread an fsync's page writes thin.
+/// A group stops waiting for company once it holds this many readings
+/// (~20 KB in the outbox): enough to spread an fsync's page writes thin.
 const GROUP_FILL_READINGS: usize = 256;
 
 /// Readings an envelope carries, for sizing a group (a reject counts as one).
@@ -114,9 +114,10 @@ impl Ingest {
         }
     }
 
-    /// Forms a group from `first` and what follows: it closes when it holds
-    /// [`GROUP_FILL_READINGS`] readings or `max_commit_batch` envelopes, or
-    /// when `first` has waited `max_commit_delay`, and never sooner than
+    /// Forms a group from `first` and everything queued behind it: it stops
+    /// waiting for more once it holds [`GROUP_FILL_READINGS`] readings or
+    /// `max_commit_batch` envelopes, or when `first` has waited
+    /// `max_commit_delay`, and it never commits sooner than
     /// `min_commit_interval` after the previous commit. At low rates every
     /// fsync then covers several messages (each fsync rewrites whole pages of
     /// the storage, see docs/raspberry-pi.md on SD cards); at high rates the
@@ -140,7 +141,9 @@ impl Ingest {
         let mut group = Vec::with_capacity(64);
         group.push(first);
         loop {
-            while group.len() < self.cfg.max_commit_batch && fill < GROUP_FILL_READINGS {
+            // Take all that waits (a backlog commits in big groups); the
+            // fill only decides whether to wait for more.
+            while group.len() < self.cfg.max_commit_batch {
                 match rx.try_recv() {
                     Ok(e) => {
                         fill += readings_in(&e);
@@ -155,8 +158,9 @@ impl Ingest {
                 return group;
             }
             if full {
+                // Then take what came meanwhile, and commit.
                 tokio::time::sleep_until(until.into()).await;
-                return group;
+                continue;
             }
             tokio::select! {
                 e = rx.recv() => match e {
