@@ -56,6 +56,7 @@ pub async fn serve(
 }
 
 async fn metrics_handler(State(s): State<AdminState>) -> Response {
+    s.metrics.observe_disk_writes();
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
         Ok(()) => (

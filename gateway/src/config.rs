@@ -99,6 +99,12 @@ pub struct StorageConfig {
     /// can be listed there (`GET /v1/quarantine`). Off by default: payloads
     /// may hold what should not leave the site.
     pub uplink_quarantine: bool,
+    /// Bytes the storage under `path` is assumed to take in writes over its
+    /// life (its TBW rating). The default, 16 TB, assumes a 32 GB
+    /// endurance-class card; ordinary cards often state no rating and may take
+    /// less. A warning is logged when the write rate of the last 15 minutes
+    /// would reach it within a year; 0 disables the warning.
+    pub write_endurance: ByteSize,
 }
 
 impl Default for StorageConfig {
@@ -111,6 +117,7 @@ impl Default for StorageConfig {
             max_quarantine_bytes: ByteSize::mib(16),
             quarantine_payload_bytes: ByteSize::kib(4),
             uplink_quarantine: false,
+            write_endurance: ByteSize::tb(16),
         }
     }
 }
@@ -137,6 +144,12 @@ pub struct IngestConfig {
     /// (5 ms → at most 200/s) at the cost of up to that much ack latency.
     #[serde(with = "humantime_serde")]
     pub min_commit_interval: Duration,
+    /// Longest a message waits, from its receipt, for others to share its
+    /// flush when traffic is light (a group of 256 readings commits at once).
+    /// Fewer, fuller fsyncs write far less to the storage (SD card wear) at
+    /// the cost of up to this much ack latency; 0 flushes as soon as possible.
+    #[serde(with = "humantime_serde")]
+    pub max_commit_delay: Duration,
 }
 
 impl Default for IngestConfig {
@@ -145,6 +158,7 @@ impl Default for IngestConfig {
             queue_capacity: 1024,
             max_commit_batch: 1024,
             min_commit_interval: Duration::from_millis(5),
+            max_commit_delay: Duration::from_millis(25),
         }
     }
 }
@@ -584,6 +598,12 @@ impl GatewayConfig {
                 "must be at most 1s (it delays every acknowledgement)".into(),
             );
         }
+        if self.ingest.max_commit_delay > Duration::from_secs(1) {
+            bad(
+                "ingest.max_commit_delay",
+                "must be at most 1s (it delays acknowledgements at low rates)".into(),
+            );
+        }
         if self.limits.max_payload_bytes.as_u64() == 0 {
             bad("limits.max_payload_bytes", "must be positive".into());
         }
@@ -852,6 +872,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("linger_ms"), "{err}");
+    }
+
+    #[test]
+    fn commit_delay_and_write_endurance_have_defaults_and_a_delay_past_1s_is_refused() {
+        let cfg = GatewayConfig::from_toml(MINIMAL, Path::new("t.toml")).unwrap();
+        assert_eq!(cfg.ingest.max_commit_delay, Duration::from_millis(25));
+        assert_eq!(cfg.storage.write_endurance, ByteSize::tb(16));
+        let text = MINIMAL.replace(
+            "[uplink]",
+            "[ingest]\nmax_commit_delay = \"200ms\"\n[storage]\nwrite_endurance = \"0 B\"\n[uplink]",
+        );
+        let cfg = GatewayConfig::from_toml(&text, Path::new("t.toml")).unwrap();
+        assert_eq!(cfg.ingest.max_commit_delay, Duration::from_millis(200));
+        assert_eq!(cfg.storage.write_endurance, ByteSize::b(0));
+        let text = MINIMAL.replace("[uplink]", "[ingest]\nmax_commit_delay = \"2s\"\n[uplink]");
+        let err = GatewayConfig::from_toml(&text, Path::new("t.toml")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}")
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "ingest.max_commit_delay");
     }
 
     #[test]

@@ -21,6 +21,18 @@ use crate::envelope::{Checkpoint, Commit, Content, Envelope};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxError, QuarantineEntry};
 
+/// A group stops waiting for company once it holds this many readings
+/// (~20 KB in the outbox): enough to spread an fsync's page writes thin.
+const GROUP_FILL_READINGS: usize = 256;
+
+/// Readings an envelope carries, for sizing a group (a reject counts as one).
+fn readings_in(e: &Envelope) -> usize {
+    match &e.content {
+        Content::Readings(r) => r.len().max(1),
+        Content::Rejected { .. } => 1,
+    }
+}
+
 /// Reason code for an envelope that alone is larger than the whole outbox.
 const TOO_BIG_FOR_OUTBOX: &str = "too_big_for_outbox";
 
@@ -89,18 +101,7 @@ impl Ingest {
     pub async fn run(self, mut rx: mpsc::Receiver<Envelope>, shutdown: watch::Receiver<bool>) {
         let mut last_commit = Instant::now() - self.cfg.min_commit_interval;
         while let Some(first) = rx.recv().await {
-            let earliest = last_commit + self.cfg.min_commit_interval;
-            if Instant::now() < earliest {
-                tokio::time::sleep_until(earliest.into()).await;
-            }
-            let mut group = Vec::with_capacity(64);
-            group.push(first);
-            while group.len() < self.cfg.max_commit_batch {
-                match rx.try_recv() {
-                    Ok(e) => group.push(e),
-                    Err(_) => break,
-                }
-            }
+            let group = self.gather(first, &mut rx, last_commit).await;
             last_commit = Instant::now();
             self.commit(group, &mut shutdown.clone()).await;
         }
@@ -110,6 +111,68 @@ impl Ingest {
             Ok(Ok(())) => debug!("Ingest drained and flushed."),
             Ok(Err(e)) => error!(error = %e, "Final outbox flush failed."),
             Err(e) => error!(error = %e, "Final outbox flush panicked."),
+        }
+    }
+
+    /// Forms a group from `first` and everything queued behind it: it stops
+    /// waiting for more once it holds [`GROUP_FILL_READINGS`] readings or
+    /// `max_commit_batch` envelopes, or when `first` has waited
+    /// `max_commit_delay`, and it never commits sooner than
+    /// `min_commit_interval` after the previous commit. At low rates every
+    /// fsync then covers several messages (each fsync rewrites whole pages of
+    /// the storage, see docs/raspberry-pi.md on SD cards); at high rates the
+    /// group fills before the delay matters.
+    async fn gather(
+        &self,
+        first: Envelope,
+        rx: &mut mpsc::Receiver<Envelope>,
+        last_commit: Instant,
+    ) -> Vec<Envelope> {
+        let earliest = last_commit + self.cfg.min_commit_interval;
+        // The delay counts from receipt: time spent queued behind the
+        // previous commit is part of it.
+        let queued = protocol::Timestamp::now()
+            .as_nanos()
+            .saturating_sub(first.received.as_nanos());
+        let queued = Duration::from_nanos(u64::try_from(queued).unwrap_or(0));
+        let deadline =
+            (Instant::now() + self.cfg.max_commit_delay.saturating_sub(queued)).max(earliest);
+        let mut fill = readings_in(&first);
+        let mut group = Vec::with_capacity(64);
+        group.push(first);
+        loop {
+            // Take all that waits (a backlog commits in big groups); the
+            // fill only decides whether to wait for more.
+            while group.len() < self.cfg.max_commit_batch {
+                match rx.try_recv() {
+                    Ok(e) => {
+                        fill += readings_in(&e);
+                        group.push(e);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let full = group.len() >= self.cfg.max_commit_batch || fill >= GROUP_FILL_READINGS;
+            let until = if full { earliest } else { deadline };
+            if Instant::now() >= until {
+                return group;
+            }
+            if full {
+                // Then take what came meanwhile, and commit.
+                tokio::time::sleep_until(until.into()).await;
+                continue;
+            }
+            tokio::select! {
+                e = rx.recv() => match e {
+                    Some(e) => {
+                        fill += readings_in(&e);
+                        group.push(e);
+                    }
+                    // Sources are gone: commit what there is now.
+                    None => return group,
+                },
+                () = tokio::time::sleep_until(until.into()) => return group,
+            }
         }
     }
 
@@ -637,5 +700,99 @@ mod tests {
             "every reading reached the outbox exactly once"
         );
         assert_eq!(metrics.outbox_dropped.get(), 0);
+    }
+
+    /// An envelope of `n` readings, received now.
+    fn envelope_now(n: usize, base: i64) -> (Envelope, tokio::sync::oneshot::Receiver<Commit>) {
+        let readings = (0..n as i64)
+            .map(|i| Reading::new("dev", "ch", Timestamp(base + i), 1.0).unwrap())
+            .collect();
+        Envelope::new("test".into(), Timestamp::now(), Content::Readings(readings))
+    }
+
+    fn delayed(delay: Duration) -> IngestConfig {
+        IngestConfig {
+            max_commit_delay: delay,
+            ..IngestConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn at_low_rates_a_message_waits_for_company_up_to_the_commit_delay() {
+        let (_dir, outbox, metrics) = setup(1 << 20, WhenFull::Block);
+        let (tx, rx) = mpsc::channel(10);
+        let delay = Duration::from_millis(300);
+        let ingest = Ingest::new(outbox.clone(), metrics.clone(), delayed(delay), 64);
+        let (_stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(ingest.run(rx, stop_rx));
+        let sent = Instant::now();
+        let (a, done_a) = envelope_now(5, 0);
+        tx.send(a).await.unwrap();
+        // Until ingest has taken `a` off the queue: `a` alone would commit now.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tx.capacity() < 10 {
+            assert!(Instant::now() < deadline, "ingest never took the envelope");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (b, done_b) = envelope_now(5, 100);
+        tx.send(b).await.unwrap();
+        assert_eq!(done_a.await.unwrap(), Commit::Durable);
+        assert!(sent.elapsed() >= delay - Duration::from_millis(20));
+        assert_eq!(done_b.await.unwrap(), Commit::Durable);
+        assert_eq!(metrics.fsyncs.get(), 1, "both messages share one fsync");
+        assert_eq!(outbox.depth(), 10);
+        drop(tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_group_commits_without_waiting_for_the_delay() {
+        let (_dir, outbox, metrics) = setup(1 << 20, WhenFull::Block);
+        let (tx, rx) = mpsc::channel(10);
+        // Far beyond the test's patience: only a full group can commit.
+        let ingest = Ingest::new(
+            outbox.clone(),
+            metrics.clone(),
+            delayed(Duration::from_secs(600)),
+            64,
+        );
+        let (_stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(ingest.run(rx, stop_rx));
+        let (a, done_a) = envelope_now(GROUP_FILL_READINGS / 2, 0);
+        let (b, done_b) = envelope_now(GROUP_FILL_READINGS / 2, 10_000);
+        tx.send(a).await.unwrap();
+        tx.send(b).await.unwrap();
+        let acked = tokio::time::timeout(Duration::from_secs(20), async {
+            (done_a.await.unwrap(), done_b.await.unwrap())
+        })
+        .await
+        .expect("a full group waited for the commit delay");
+        assert_eq!(acked, (Commit::Durable, Commit::Durable));
+        assert_eq!(metrics.fsyncs.get(), 1);
+        drop(tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn closing_the_queue_commits_a_waiting_group_at_once() {
+        let (_dir, outbox, metrics) = setup(1 << 20, WhenFull::Block);
+        let (tx, rx) = mpsc::channel(10);
+        let ingest = Ingest::new(
+            outbox.clone(),
+            metrics,
+            delayed(Duration::from_secs(600)),
+            64,
+        );
+        let (a, done) = envelope_now(5, 0);
+        tx.send(a).await.unwrap();
+        drop(tx);
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            ingest.run(rx, watch::channel(false).1),
+        )
+        .await
+        .expect("shutdown waited for the commit delay");
+        assert_eq!(done.await.unwrap(), Commit::Durable);
+        assert_eq!(outbox.depth(), 5);
     }
 }

@@ -14,6 +14,7 @@
 //! - [`backoff`] — exponential backoff with jitter (plain struct).
 //! - [`service`] — systemd: READY / STOPPING / WATCHDOG notifications.
 //! - [`metrics`] / [`admin`] — Prometheus metrics and the `/metrics` `/health` `/ready` server.
+//! - [`wear`] — bytes written to storage (`/proc/self/io`), and a warning when they would wear out an SD card.
 //! - [`reload`] — SIGHUP: re-read and validate the config, apply what can change live.
 //! - [`selftest`] — `outpost-gateway self-test`: temporary outbox, real ingest, read back.
 #![forbid(unsafe_code)]
@@ -34,6 +35,7 @@ pub mod selftest;
 pub mod service;
 pub mod sources;
 pub mod uplink;
+pub mod wear;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -195,6 +197,11 @@ pub async fn run_with_reload(
     .with_clock(clock);
     let uplink_settings = uplink.settings_sender();
     let uplink_task = tokio::spawn(uplink.run(shutdown_rx.clone()));
+    tokio::spawn(wear::run(
+        metrics.clone(),
+        cfg.storage.write_endurance,
+        shutdown_rx.clone(),
+    ));
 
     let (tx, rx) = mpsc::channel(cfg.ingest.queue_capacity);
     let ingest = Ingest::new(

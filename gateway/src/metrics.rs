@@ -50,6 +50,11 @@ pub struct Metrics {
     pub outbox_dropped: Counter,
     pub outbox_full_waits: Counter,
     pub fsyncs: Counter,
+    /// `write_bytes` of `/proc/self/io`, brought up to date by
+    /// [`Metrics::observe_disk_writes`].
+    pub disk_bytes_written: Counter,
+    /// The `write_bytes` value already added to `disk_bytes_written`.
+    disk_bytes_seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub commit_seconds: Histogram,
     pub commit_envelopes: Histogram,
     pub ack_latency_seconds: Histogram,
@@ -97,6 +102,8 @@ impl Metrics {
             outbox_dropped: Counter::default(),
             outbox_full_waits: Counter::default(),
             fsyncs: Counter::default(),
+            disk_bytes_written: Counter::default(),
+            disk_bytes_seen: Default::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             commit_envelopes: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             ack_latency_seconds: Histogram::new(exponential_buckets(0.0001, 1.5, 30)),
@@ -175,6 +182,11 @@ impl Metrics {
             m.outbox_full_waits.clone(),
         );
         r.register("fsyncs", "Outbox flushes (fsyncs)", m.fsyncs.clone());
+        r.register(
+            "disk_bytes_written",
+            "Bytes this process sent to storage (write_bytes of /proc/self/io)",
+            m.disk_bytes_written.clone(),
+        );
         r.register(
             "messages_committed",
             "Messages made durable (readings in the outbox or the payload in quarantine)",
@@ -343,6 +355,17 @@ impl Metrics {
     }
 
     /// Sets the outbox gauges from its current counters.
+    /// Brings `disk_bytes_written` up to `/proc/self/io`; returns the total,
+    /// or `None` without per-process I/O accounting.
+    pub fn observe_disk_writes(&self) -> Option<u64> {
+        let now = crate::wear::process_write_bytes()?;
+        let before = self
+            .disk_bytes_seen
+            .fetch_max(now, std::sync::atomic::Ordering::AcqRel);
+        self.disk_bytes_written.inc_by(now.saturating_sub(before));
+        Some(now)
+    }
+
     pub fn observe_outbox(&self, outbox: &crate::outbox::Outbox) {
         self.outbox_records
             .set(i64::try_from(outbox.depth()).unwrap_or(i64::MAX));

@@ -273,6 +273,7 @@ async fn run_inner(messages: usize) -> Result<SelfTestReport, SelfTestError> {
             queue_capacity: 64,
             max_commit_batch: 16,
             min_commit_interval: Duration::ZERO,
+            max_commit_delay: Duration::ZERO,
         },
         4096,
     );

@@ -72,6 +72,25 @@ struct Args {
     /// Length of the analytics (publish → alert) phase; 0 skips it.
     #[arg(long, default_value_t = 30)]
     analytics_seconds: u64,
+    /// Length of each rated load of the storage-wear phase (10, 100 and
+    /// 1000 msgs/s, then 100 msgs/s right after an unlimited burst of
+    /// `--messages`); 0 skips it.
+    #[arg(long, default_value_t = 20)]
+    wear_seconds: u64,
+    /// Run only the storage-wear phase.
+    #[arg(long)]
+    wear_only: bool,
+    /// `ingest.max_commit_delay` of the storage-wear gateway (e.g. `0ms`);
+    /// the gateway's default when absent.
+    #[arg(long, value_name = "DURATION")]
+    wear_commit_delay: Option<String>,
+}
+
+/// One load of the storage-wear phase.
+#[derive(Debug, Serialize)]
+struct WearLoad {
+    label: String,
+    phase: Phase,
 }
 
 #[derive(Debug, Serialize)]
@@ -132,6 +151,12 @@ struct Phase {
     gateway_commit_seconds: Option<Percentiles>,
     /// Slowest `stored_count` poll, ms (the poll's own cost).
     max_poll_ms: f64,
+    /// Gateway `write_bytes` (`/proc/PID/io`) over the window: what reached storage.
+    disk_bytes_written: f64,
+    disk_bytes_per_reading: f64,
+    /// CBOR bytes per reading in the outbox, from the outbox gauges sampled
+    /// while records wait; NaN if never seen.
+    encoded_bytes_per_reading: f64,
 }
 
 /// Phase 4: the half-rate run again with `[analysis]` on.
@@ -174,6 +199,7 @@ struct Report {
     single: Option<Phase>,
     half_rate: Phase,
     analytics: Option<AlertRun>,
+    wear: Vec<WearLoad>,
     ratio_pack_msgs: f64,
     ratio_single_msgs: Option<f64>,
     gateway_exit_code: Option<i32>,
@@ -193,6 +219,29 @@ fn main() -> Result<()> {
         );
     }
     let started = Instant::now();
+    if args.wear_only {
+        let mut warnings = Vec::new();
+        let dir = outpost_tests::test_dir();
+        let broker = Mosquitto::start(dir.path())?;
+        let sink = Sink::start(dir.path(), "gw-test", free_port())?;
+        let pids = Pids {
+            gateway: 0,
+            mosquitto: broker.proc.pid().context("mosquitto pid")?,
+            sink: sink.proc.as_ref().and_then(Proc::pid).context("sink pid")?,
+        };
+        let wear = wear_run(dir.path(), &broker, &sink, &args, pids, &mut warnings)?;
+        let mut s = human_wear(&wear);
+        for w in &warnings {
+            s.push_str(&format!("WARNING: {w}\n"));
+        }
+        println!("{s}");
+        println!("total bench time {:.1} s", started.elapsed().as_secs_f64());
+        if let Some(path) = &args.json {
+            fs::write(path, serde_json::to_vec_pretty(&wear)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(());
+    }
     let report = run(&args)?;
     println!("{}", human(&report));
     println!("total bench time {:.1} s", started.elapsed().as_secs_f64());
@@ -284,6 +333,13 @@ fn run(args: &Args) -> Result<Report> {
         None
     };
 
+    let wear = if args.wear_seconds > 0 {
+        eprintln!("storage wear: 10, 100, 1000 msgs/s, unlimited, 100 msgs/s after it");
+        wear_run(dir, &broker, &sink, args, pids, &mut warnings)?
+    } else {
+        Vec::new()
+    };
+
     let runs = vec![first.rate, second.rate];
     let mean = runs.iter().sum::<f64>() / runs.len() as f64;
     let baseline = Baseline {
@@ -312,6 +368,7 @@ fn run(args: &Args) -> Result<Report> {
         single,
         half_rate,
         analytics,
+        wear,
         gateway_exit_code: exit,
         warnings,
     })
@@ -398,6 +455,8 @@ impl PhaseCtx<'_> {
         let before = self.gw.metrics()?;
         let stored_before = count_prefix(&self.sink.db, device_prefix)?;
         let cpu0 = [self.pids.gateway, self.pids.mosquitto, self.pids.sink].map(cpu_ticks);
+        let written0 = write_bytes(self.pids.gateway);
+        let mut encoded = f64::NAN;
         let mut cmd = Command::new(bin("outpost-firmware-sim"));
         cmd.arg("run")
             .arg("--broker")
@@ -445,6 +504,16 @@ impl PhaseCtx<'_> {
                         get("outpost_gateway_messages_received_total")
                             - get("outpost_gateway_messages_acked_total"),
                     );
+                    let records = get("outpost_gateway_outbox_records");
+                    if records > 0.0 {
+                        // Less the outbox's 8 bytes of framing per record.
+                        let per = get("outpost_gateway_outbox_bytes") / records - 8.0;
+                        encoded = if encoded.is_nan() {
+                            per
+                        } else {
+                            encoded.min(per)
+                        };
+                    }
                 }
             }
             if exited.is_none() {
@@ -482,6 +551,10 @@ impl PhaseCtx<'_> {
             std::thread::sleep(Duration::from_millis(10));
         };
         let cpu1 = [self.pids.gateway, self.pids.mosquitto, self.pids.sink].map(cpu_ticks);
+        let written = match (written0, write_bytes(self.pids.gateway)) {
+            (Some(a), Some(b)) => b.saturating_sub(a) as f64,
+            _ => f64::NAN,
+        };
         let after = self.gw.metrics()?;
         let s = read_summary(&summary_path)?;
         let exited = exited.context("simulator exit time")?;
@@ -560,6 +633,9 @@ impl PhaseCtx<'_> {
             gateway_commit_seconds: histogram_delta(&before, &after, COMMIT_HISTOGRAM),
             sim_puback_latency: s.latency,
             max_poll_ms: max_poll.as_secs_f64() * 1e3,
+            disk_bytes_written: written,
+            disk_bytes_per_reading: written / s.readings_acked.max(1) as f64,
+            encoded_bytes_per_reading: encoded,
         })
     }
 }
@@ -588,6 +664,104 @@ n = 1
 min_interval = "1ms"
 publish_queue = 4096
 "#;
+
+/// Phase 5, storage wear: a gateway with default ingest and uplink settings
+/// (own outbox), the simulator at each load in turn; per load, the gateway's
+/// `write_bytes` per reading next to the outbox bytes per reading.
+fn wear_run(
+    dir: &Path,
+    broker: &Mosquitto,
+    sink: &Sink,
+    args: &Args,
+    pids: Pids,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<WearLoad>> {
+    let gw_dir = dir.join("wear");
+    fs::create_dir_all(&gw_dir)?;
+    let mut opts = GatewayOpts::new(broker.port, sink);
+    // The shipped defaults, not the tests' quick linger.
+    opts.linger = "500ms";
+    opts.max_outbox = "256 MiB";
+    if let Some(delay) = &args.wear_commit_delay {
+        opts.extra = format!("[ingest]\nmax_commit_delay = \"{delay}\"\n");
+    }
+    let mut gw = Gateway::start(&gw_dir, &opts)?;
+    let gateway = gw
+        .proc
+        .as_ref()
+        .and_then(Proc::pid)
+        .context("gateway pid")?;
+    let ctx = PhaseCtx {
+        dir: &gw_dir,
+        broker: broker.port,
+        devices: args.devices,
+        sink,
+        gw: &gw,
+        pids: Pids { gateway, ..pids },
+        clk_tck: clk_tck(),
+    };
+    let secs = args.wear_seconds.max(1);
+    let loads: [(&str, &str, f64, u64); 5] = [
+        ("10 msgs/s", "w10-", 10.0, 10 * secs),
+        ("100 msgs/s", "w100-", 100.0, 100 * secs),
+        ("1000 msgs/s", "w1k-", 1000.0, 1000 * secs),
+        ("unlimited", "wmax-", 0.0, args.messages),
+        ("100 msgs/s after the burst", "w100b-", 100.0, 100 * secs),
+    ];
+    let mut out = Vec::new();
+    for (label, prefix, rate, count) in loads {
+        eprintln!("wear: {label}, {count} messages");
+        let name = format!("wear-{}", prefix.trim_end_matches('-'));
+        let phase = ctx.phase(&name, prefix, count, rate, false, warnings)?;
+        out.push(WearLoad {
+            label: label.into(),
+            phase,
+        });
+    }
+    match gw.terminate() {
+        Ok(Some(0)) => {}
+        other => warnings.push(format!("wear gateway SIGTERM: {other:?}")),
+    }
+    Ok(out)
+}
+
+/// The storage-wear table.
+fn human_wear(loads: &[WearLoad]) -> String {
+    let mut s = String::from(
+        "\nStorage wear (gateway write_bytes from /proc/PID/io; 5-reading packs, default \
+         ingest and uplink settings):\n",
+    );
+    s.push_str(&format!(
+        "  {:<28} {:>9} {:>12} {:>13} {:>11} {:>9} {:>11} {:>12}\n",
+        "load",
+        "msgs/s",
+        "written B/rd",
+        "CBOR B/rd",
+        "ratio",
+        "msgs/fsync",
+        "B/fsync",
+        "ack p99 ms"
+    ));
+    for w in loads {
+        let p = &w.phase;
+        let ratio = p.disk_bytes_per_reading / p.encoded_bytes_per_reading;
+        s.push_str(&format!(
+            "  {:<28} {:>9.0} {:>12.0} {:>13.1} {:>10.1}× {:>10.1} {:>11.0} {:>12}\n",
+            w.label,
+            p.msgs_per_s,
+            p.disk_bytes_per_reading,
+            p.encoded_bytes_per_reading,
+            ratio,
+            p.mean_envelopes_per_commit,
+            p.disk_bytes_written / p.fsyncs.max(1.0),
+            p.gateway_ack_latency
+                .as_ref()
+                .map_or("-".into(), |l| format!("{:.1}", l.p99_ms)),
+        ));
+    }
+    s.push_str("  (CBOR B/rd: a reading's record in the outbox; ratio = written / CBOR)\n");
+    s
+}
 
 /// Phase 4: a second gateway (own outbox, same broker and sink) with
 /// analysis on, the simulator at `rate` for `--analytics-seconds`, and
@@ -821,6 +995,18 @@ fn histogram_delta(
         p99_ms: q(0.99),
         count: total as u64,
     })
+}
+
+/// `write_bytes` of `/proc/PID/io`: bytes the process caused to be sent to
+/// storage (page-granular: rewriting part of a 4 KiB page counts 4 KiB).
+fn write_bytes(pid: u32) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A `/proc/PID/status` size field (VmRSS, VmHWM) in KiB.
@@ -1070,6 +1256,9 @@ fn human(r: &Report) -> String {
     }
     if let Some(code) = r.gateway_exit_code {
         s.push_str(&format!("gateway exit code after SIGTERM: {code}\n"));
+    }
+    if !r.wear.is_empty() {
+        s.push_str(&human_wear(&r.wear));
     }
     for w in &r.warnings {
         s.push_str(&format!("WARNING: {w}\n"));
