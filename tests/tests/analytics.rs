@@ -416,7 +416,11 @@ fn a_model_trained_in_the_sink_on_normal_data_runs_on_the_gateway_with_a_measure
         .args(["--time-column", "time", "--device-column", "device"])
         .args(["--family", "gaussian", "--window", &WINDOW.to_string()])
         .args(["--hop", &HOP.to_string(), "--stats", "mean,std"])
-        .args(["--target-false-alarm-rate", "0.002", "--out"])
+        .args(["--target-false-alarm-rate", "0.002"])
+        // The simulator's anomalies last a few windows of 10 s; the
+        // unlabelled default (an EWMA over about ten windows) is for
+        // process faults that persist, and would average these away.
+        .args(["--smoothing", "none", "--out"])
         .arg(&model_dir)
         .output()
         .unwrap();
@@ -482,12 +486,14 @@ min_interval = "1ms"
     gw.terminate().unwrap();
 }
 
-/// Floors for the trained Gaussian model. Measured (session 3): precision
-/// 0.51, recall 0.77 over 22 anomalies (the fallback on a comparable day:
-/// 0.60 / 0.44): the model sees the channels together, so a step, a stuck
-/// channel or a noise burst that stays inside the load's range still breaks
-/// the learned correlation. Its false alarms come from a threshold set for a
-/// 0.2 % false-alarm rate per window on 20 minutes of training data. Floors
-/// below the measured values with a margin.
-const MIN_MODEL_PRECISION: f64 = 0.35;
+/// Floors for the trained Gaussian model. Measured (session 8, threshold on
+/// out-of-fold scores): precision 0.80, recall 0.86 over 22 anomalies
+/// (session 3, threshold on the model's own training scores: 0.51 / 0.77;
+/// the fallback on a comparable day: 0.60 / 0.44): the model sees the
+/// channels together, so a step, a stuck channel or a noise burst that
+/// stays inside the load's range still breaks the learned correlation. Its
+/// false alarms come from a threshold set for a 0.2 % false-alarm rate per
+/// window on 20 minutes of training data. Floors below the measured values
+/// with a margin.
+const MIN_MODEL_PRECISION: f64 = 0.5;
 const MIN_MODEL_RECALL: f64 = 0.55;
