@@ -1629,6 +1629,29 @@ mod tests {
     }
 
     #[test]
+    fn raw_puts_the_windows_frames_into_the_features_the_model_is_saved_with() {
+        let mut opts = TrainOptions::new(Vec::new());
+        opts.family = Some(FamilyKind::Gaussian);
+        opts.window_len = 3;
+        opts.stats = vec![Stat::Mean];
+        opts.raw = true;
+        let outcome = train_table(
+            &opts,
+            &table(4, 120, periodic),
+            vec![],
+            &ProgressBar::hidden(),
+            &CancelToken::new(),
+        )
+        .unwrap();
+        let spec = outcome.model.window.features.as_ref().unwrap();
+        assert!(spec.raw);
+        let names = &outcome.model.pipeline.names;
+        assert!(names.contains(&"raw.t0.flow".to_owned()), "{names:?}");
+        assert!(names.contains(&"raw.t2.current".to_owned()), "{names:?}");
+        assert_eq!(names.len(), 2 + 3 * 2, "2 means and 3 frames of 2 channels");
+    }
+
+    #[test]
     fn fleet_needs_the_autoencoder_family() {
         for family in [None, Some(FamilyKind::Pca), Some(FamilyKind::Forecast)] {
             let mut opts = forecast_options();
