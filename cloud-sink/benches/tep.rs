@@ -10,15 +10,21 @@
 //!
 //! Each model is trained with the options `outpost-cloud-sink train` gets by
 //! default (window 4, statistics mean/std/min/max/slope, smoothing `auto`,
-//! threshold on out-of-fold scores), then scored through the saved model's
-//! decision (`SavedModel::decision_scores`, the code `score` and `evaluate`
-//! run; the ONNX export of these models passes the tract parity check in
-//! `tests/tests/train_tep.rs`). A sensitivity table varies the window, the
+//! threshold on out-of-fold scores; the forecaster instead predicts each
+//! frame from the 4 before it, `--lags 4`), then scored through the saved
+//! model's decision (`SavedModel::decision_scores`, the code `score` and
+//! `evaluate` run; the ONNX export of the `auto` model passes the tract
+//! parity check in `tests/tests/train_tep.rs`). A sensitivity table varies the
 //! smoothing and the folds, so no figure rests on one setting.
 //!
 //! ```text
 //! cargo bench -p outpost-cloud-sink --bench tep [-- DIR] [--quick] [--no-autoencoder]
+//!     [--only FAMILY,...]
 //! ```
+//! `--only` runs the rows of the named families (`auto`, `gaussian`, `pca`,
+//! `forecast`, `autoencoder`; gaussian and pca include their `--raw` rows) and the
+//! sensitivity and target tables only for gaussian and pca among them, so a
+//! new family can be measured without re-running the rest.
 //! `scripts/bench-tep` runs this and the textbook PCA baseline
 //! (`tests/data/tep/baseline_pca.py`) in one go.
 
@@ -115,15 +121,83 @@ fn pct(v: f64) -> String {
     format!("{:.1}", 100.0 * v)
 }
 
+/// A row's family as `--only` names it: `auto` or the family's name.
+fn row_key(o: &TrainOptions) -> &'static str {
+    o.family.map_or("auto", FamilyKind::name)
+}
+
+/// The families of `--only a,b`, each checked against the family names.
+fn parse_only(list: &str) -> Result<Vec<String>, String> {
+    let names: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    for n in &names {
+        if n != "auto" {
+            n.parse::<FamilyKind>()?;
+        }
+    }
+    if names.is_empty() {
+        return Err("--only needs family names, e.g. --only forecast,autoencoder".into());
+    }
+    Ok(names)
+}
+
+struct Args {
+    dir: PathBuf,
+    quick: bool,
+    no_autoencoder: bool,
+    only: Option<Vec<String>>,
+}
+
+fn parse_args(args: &[String]) -> Result<Args, String> {
+    let mut out = Args {
+        dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/tep"),
+        quick: false,
+        no_autoencoder: false,
+        only: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => out.quick = true,
+            "--no-autoencoder" => out.no_autoencoder = true,
+            "--only" => {
+                let list = it.next().ok_or("--only needs a value")?;
+                out.only = Some(parse_only(list)?);
+            }
+            _ if a.starts_with("--only=") => {
+                out.only = Some(parse_only(&a["--only=".len()..])?);
+            }
+            // `cargo bench` passes `--bench` to every harness-less bench.
+            "--bench" => {}
+            _ if a.starts_with("--") => return Err(format!("unknown option `{a}`")),
+            _ => out.dir = PathBuf::from(a),
+        }
+    }
+    // --quick has always meant no autoencoder: its fit is most of the time.
+    out.no_autoencoder |= out.quick;
+    Ok(out)
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let no_autoencoder = quick || args.iter().any(|a| a == "--no-autoencoder");
-    let dir = args
-        .iter()
-        .find(|a| !a.starts_with("--"))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/tep"));
+    let raw_args: Vec<String> = std::env::args().skip(1).collect();
+    let args = match parse_args(&raw_args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("tep bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let Args {
+        dir,
+        quick,
+        no_autoencoder,
+        only,
+    } = args;
+    let selected = |key: &str| only.as_ref().is_none_or(|o| o.iter().any(|n| n == key));
     let started = Instant::now();
     let train_table = load(&dir, "train_normal.csv", false);
     let normal = load(&dir, "test_normal.csv", true);
@@ -146,6 +220,11 @@ fn main() {
         o.family = Some(kind);
         families.push((kind.name().into(), o));
     }
+    // The forecaster ignores the window and the statistics: its input is
+    // the last `lags` frames and the one it predicts (`--lags 4`).
+    let mut o = defaults();
+    o.family = Some(FamilyKind::Forecast);
+    families.push((FamilyKind::Forecast.name().into(), o));
     // The autoencoder's fit is stochastic: three seeds.
     let seeds: &[u64] = if no_autoencoder { &[] } else { &[1, 2, 3] };
     for &seed in seeds {
@@ -162,6 +241,11 @@ fn main() {
         o.window_len = 3;
         o.raw = true;
         families.push((format!("{} --window 3 --raw", kind.name()), o));
+    }
+    families.retain(|(_, o)| selected(row_key(o)));
+    if families.is_empty() {
+        eprintln!("tep bench: --only selects none of this bench's families");
+        std::process::exit(2);
     }
     println!(
         "## TEP, defaults (window {}, stats mean,std,min,max,slope, smoothing auto)\n",
@@ -210,6 +294,15 @@ fn main() {
         println!("| {k}{mark} | {} |", cells.join(" | "));
     }
 
+    // 2. and 3. vary gaussian and pca only: the closed-form families.
+    let varied: Vec<FamilyKind> = [FamilyKind::Gaussian, FamilyKind::Pca]
+        .into_iter()
+        .filter(|k| selected(k.name()))
+        .collect();
+    if varied.is_empty() {
+        finish(started);
+        return;
+    }
     // 2. Sensitivity: the figures should not rest on one setting.
     println!("\n## Sensitivity (gaussian and pca; one setting changed at a time)\n");
     println!(
@@ -230,7 +323,7 @@ fn main() {
     let folds: &[usize] = if quick { &[5] } else { &[5, 10] };
     // Every combination of window × smoothing × folds is too many for a
     // debug build; the folds vary only at the default window.
-    for kind in [FamilyKind::Gaussian, FamilyKind::Pca] {
+    for &kind in &varied {
         for &w in windows {
             for &sm in smoothings {
                 for &k in folds {
@@ -267,7 +360,7 @@ fn main() {
     } else {
         &[0.005, 0.01, 0.02, 0.05]
     };
-    for kind in [FamilyKind::Gaussian, FamilyKind::Pca] {
+    for &kind in &varied {
         for sm in [Smoothing::None, Smoothing::Ewma(0.1)] {
             for &target in targets {
                 let mut o = defaults();
@@ -303,6 +396,10 @@ fn main() {
             }
         }
     }
+    finish(started);
+}
+
+fn finish(started: Instant) {
     println!(
         "\n{:.0} s in all (release build: `cargo bench`).",
         started.elapsed().as_secs_f64()
