@@ -8,7 +8,7 @@
 //! - [`contracts`] — sensor contracts (units, range, rate, stuck, skew, required), de-duplication.
 //! - [`clock`] — is the wall clock synchronised; stamps and corrections of gateway-timed readings.
 //! - [`ingest`] — the single ingest task: quarantine rejects, append, group-commit, release acks.
-//! - [`outbox`] — the sled-backed durable outbox (sequence-ordered) and quarantine.
+//! - [`outbox`] — the durable outbox (an append-only segment log, sequence-ordered) and the quarantine (sled).
 //! - [`analysis`] — edge analytics after the commit: rings, shard workers, models, fallback, alerts.
 //! - [`uplink`] — batches from the outbox to the sink over HTTP(S); delete after 2xx.
 //! - [`backoff`] — exponential backoff with jitter (plain struct).

@@ -91,7 +91,11 @@ fn kill_9_of_the_gateway_mid_stream_loses_and_duplicates_nothing() {
     let dir = outpost_tests::test_dir();
     let broker = Mosquitto::start(dir.path()).unwrap();
     let sink = Sink::start(dir.path(), "gw-test", free_port()).unwrap();
-    let mut gw = Gateway::start(dir.path(), &GatewayOpts::new(broker.port, &sink)).unwrap();
+    let mut opts = GatewayOpts::new(broker.port, &sink);
+    // A 4 MiB cap makes the outbox log's segments 256 KiB: the ~4.5 MB of this
+    // run fill and delete many of them, so kills land around segment changes.
+    opts.max_outbox = "4 MiB";
+    let mut gw = Gateway::start(dir.path(), &opts).unwrap();
 
     // ~10 s of traffic; the gateway is killed with SIGKILL four times meanwhile.
     let (mut sim, acked_log) = spawn_sim(

@@ -84,6 +84,12 @@ struct Args {
     /// the gateway's default when absent.
     #[arg(long, value_name = "DURATION")]
     wear_commit_delay: Option<String>,
+    /// Directory of the storage-wear gateway (config, outbox, log). On a
+    /// filesystem of its own, the table's `device B/rd` column counts
+    /// everything the filesystem sent to its block device for it, the
+    /// journal and metadata included.
+    #[arg(long, value_name = "DIR")]
+    wear_dir: Option<PathBuf>,
 }
 
 /// One load of the storage-wear phase.
@@ -154,6 +160,10 @@ struct Phase {
     /// Gateway `write_bytes` (`/proc/PID/io`) over the window: what reached storage.
     disk_bytes_written: f64,
     disk_bytes_per_reading: f64,
+    /// Bytes written to the block device that holds the gateway's directory
+    /// over the window (`/sys/dev/block/M:m/stat`), per reading: journal and
+    /// metadata included, and whatever else writes to that device.
+    device_bytes_per_reading: f64,
     /// CBOR bytes per reading in the outbox, from the outbox gauges sampled
     /// while records wait; NaN if never seen.
     encoded_bytes_per_reading: f64,
@@ -456,6 +466,7 @@ impl PhaseCtx<'_> {
         let stored_before = count_prefix(&self.sink.db, device_prefix)?;
         let cpu0 = [self.pids.gateway, self.pids.mosquitto, self.pids.sink].map(cpu_ticks);
         let written0 = write_bytes(self.pids.gateway);
+        let device0 = device_write_bytes(self.dir);
         let mut encoded = f64::NAN;
         let mut cmd = Command::new(bin("outpost-firmware-sim"));
         cmd.arg("run")
@@ -555,6 +566,10 @@ impl PhaseCtx<'_> {
             (Some(a), Some(b)) => b.saturating_sub(a) as f64,
             _ => f64::NAN,
         };
+        let device_written = match (device0, device_write_bytes(self.dir)) {
+            (Some(a), Some(b)) => b.saturating_sub(a) as f64,
+            _ => f64::NAN,
+        };
         let after = self.gw.metrics()?;
         let s = read_summary(&summary_path)?;
         let exited = exited.context("simulator exit time")?;
@@ -635,6 +650,7 @@ impl PhaseCtx<'_> {
             max_poll_ms: max_poll.as_secs_f64() * 1e3,
             disk_bytes_written: written,
             disk_bytes_per_reading: written / s.readings_acked.max(1) as f64,
+            device_bytes_per_reading: device_written / s.readings_acked.max(1) as f64,
             encoded_bytes_per_reading: encoded,
         })
     }
@@ -676,7 +692,7 @@ fn wear_run(
     pids: Pids,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<WearLoad>> {
-    let gw_dir = dir.join("wear");
+    let gw_dir = args.wear_dir.clone().unwrap_or_else(|| dir.join("wear"));
     fs::create_dir_all(&gw_dir)?;
     let mut opts = GatewayOpts::new(broker.port, sink);
     // The shipped defaults, not the tests' quick linger.
@@ -732,10 +748,11 @@ fn human_wear(loads: &[WearLoad]) -> String {
          ingest and uplink settings):\n",
     );
     s.push_str(&format!(
-        "  {:<28} {:>9} {:>12} {:>13} {:>11} {:>9} {:>11} {:>12}\n",
+        "  {:<28} {:>9} {:>12} {:>11} {:>13} {:>11} {:>9} {:>11} {:>12}\n",
         "load",
         "msgs/s",
         "written B/rd",
+        "device B/rd",
         "CBOR B/rd",
         "ratio",
         "msgs/fsync",
@@ -746,10 +763,11 @@ fn human_wear(loads: &[WearLoad]) -> String {
         let p = &w.phase;
         let ratio = p.disk_bytes_per_reading / p.encoded_bytes_per_reading;
         s.push_str(&format!(
-            "  {:<28} {:>9.0} {:>12.0} {:>13.1} {:>10.1}× {:>10.1} {:>11.0} {:>12}\n",
+            "  {:<28} {:>9.0} {:>12.0} {:>11.0} {:>13.1} {:>10.1}× {:>10.1} {:>11.0} {:>12}\n",
             w.label,
             p.msgs_per_s,
             p.disk_bytes_per_reading,
+            p.device_bytes_per_reading,
             p.encoded_bytes_per_reading,
             ratio,
             p.mean_envelopes_per_commit,
@@ -1007,6 +1025,19 @@ fn write_bytes(pid: u32) -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// Bytes written to the block device holding `dir`: sectors written
+/// (field 7 of `/sys/dev/block/MAJOR:MINOR/stat`) × 512.
+fn device_write_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(dir).ok()?.dev();
+    // glibc's gnu_dev_major / gnu_dev_minor.
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let stat = fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat")).ok()?;
+    let sectors: u64 = stat.split_whitespace().nth(6)?.parse().ok()?;
+    Some(sectors * 512)
 }
 
 /// A `/proc/PID/status` size field (VmRSS, VmHWM) in KiB.

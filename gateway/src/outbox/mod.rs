@@ -1,44 +1,38 @@
-//! The durable outbox (and quarantine), on sled.
+//! The durable outbox: records and source cursors in an append-only segment
+//! log ([`log`]); the epoch and the quarantine in sled.
 //!
-//! Layout, one sled tree `outbox` so that one atomic batch can touch records
-//! and metadata together:
-//! - `r` + first seq (u64 big-endian) → a *segment*: up to 256 consecutive
-//!   records (`count: u32`, then per record `len: u32` + CBOR of
-//!   [`OutboxItem`]). Iteration order is seq order. Segments, not one key per
-//!   reading, because sled 0.34 holds about 1.3 KB of memory per key whatever
-//!   `cache_capacity` says (measured: 500 000 one-reading keys → 675 MB RSS);
-//!   per segment that overhead is noise, and each sled operation now moves
-//!   hundreds of readings. Deleting part of a segment rewrites the rest.
-//! - `m:next_seq` → the next sequence number (u64 BE), written in the same
-//!   atomic batch as the records it covers, so a sequence number is never
-//!   reused — not even after every record was uploaded and deleted. (The sink
-//!   de-duplicates on `(gateway, seq)`; a reused number would drop new data.)
-//!
-//! Nothing here is durable until [`Outbox::flush`] returns: the ingest stage
-//! appends many envelopes, flushes once (group commit), then acknowledges.
-//! Deletions after an upload are not flushed eagerly: if they are lost in a
-//! crash the records are sent again and the sink drops the duplicates.
-//!
-//! - `m:epoch` → a random u64 chosen when the outbox is created. It travels
-//!   with every batch; if the gateway's storage is wiped, the new outbox has a
-//!   new epoch, so restarting sequence numbers at 1 cannot collide with the
-//!   `(gateway, epoch, seq)` keys the sink already holds.
-//!
-//! - `c:` + key (UTF-8) → a source's durable cursor ([`Checkpoint`]), written
-//!   in the same atomic batch as the records of the envelope that carried it
+//! - Records (readings, alerts, quarantine reports) get increasing sequence
+//!   numbers, never reused — not even after every record was uploaded and
+//!   deleted, or across a restart. (The sink de-duplicates on
+//!   `(gateway, epoch, seq)`; a reused number would drop new data.)
+//! - Nothing is durable until [`Outbox::flush`] returns (one `fdatasync` of
+//!   the log): the ingest stage appends many envelopes, flushes once (group
+//!   commit), then acknowledges. Deletions after an upload are not flushed
+//!   eagerly: if a crash loses them, the records are sent again and the sink
+//!   drops the duplicates.
+//! - A source's durable cursor ([`Checkpoint`]) is written in the same log
+//!   frame as the records of the envelope that carried it
 //!   ([`Outbox::append_with_checkpoints`]), so a crash leaves both or neither.
-//!   Record deletion (`remove_range`, `drop_oldest`) only touches `r` keys and
-//!   never a checkpoint. Read with [`Outbox::checkpoint`].
+//!   Record deletion never touches a cursor. Read with [`Outbox::checkpoint`].
+//! - `m:epoch` in the sled tree `outbox`: a random u64 chosen when the outbox
+//!   is created. It travels with every batch; if the gateway's storage is
+//!   wiped, the new outbox has a new epoch, so restarting sequence numbers at
+//!   1 cannot collide with the keys the sink already holds.
+//! - The sled tree `quarantine` keeps rejected payloads with a reason code,
+//!   capped in bytes (oldest dropped first: quarantine is diagnostic data),
+//!   under increasing ids (u64 BE). `m:quarantine_next`, written by a purge,
+//!   keeps ids from being reused after the newest entries were purged.
 //!
-//! A separate tree `quarantine` keeps rejected payloads with a reason code,
-//! capped in bytes (oldest dropped first: quarantine is diagnostic data),
-//! under increasing ids (u64 BE). `m:quarantine_next` in the `outbox` tree,
-//! written by a purge, keeps ids from being reused after the newest entries
-//! were purged.
+//! Outboxes written before the log (records as sled segments under `r` keys,
+//! cursors under `c:`) are moved into the log when opened ([`migrate`]).
 
+mod log;
+mod migrate;
+
+use std::fs::File;
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytesize::ByteSize;
 use protocol::batch::{OutboxItem, OutboxRecord};
@@ -48,27 +42,28 @@ use tokio::sync::Notify;
 
 use crate::config::{StorageConfig, WhenFull};
 use crate::envelope::Checkpoint;
+use log::RecordLog;
 
-const RECORD_PREFIX: u8 = b'r';
-const NEXT_SEQ_KEY: &[u8] = b"m:next_seq";
 const EPOCH_KEY: &[u8] = b"m:epoch";
 /// The next quarantine id, stored by a purge (which may delete the newest
 /// entries) so that ids are not reused after it.
 const QUARANTINE_NEXT_KEY: &[u8] = b"m:quarantine_next";
-/// Source cursors: `c:` + the checkpoint key.
-const CHECKPOINT_PREFIX: &[u8] = b"c:";
 /// Bytes counted against the cap per record besides its CBOR (its length
-/// prefix and a share of its segment's key and header).
+/// prefix and a share of its frame's header).
 const RECORD_OVERHEAD: u64 = 8;
-/// Most records in one segment.
-const SEGMENT_MAX_RECORDS: usize = 256;
-/// Segments close at about this many bytes.
-const SEGMENT_MAX_BYTES: usize = 64 * 1024;
+/// The log's segment files, under the outbox directory.
+const LOG_DIR: &str = "segments";
+/// Segment size bounds; between them a segment is 1/16 of the cap, so that
+/// the disk holds at most a few segments more than the cap counts.
+const SEGMENT_MIN_BYTES: u64 = 64 * 1024;
+const SEGMENT_MAX_BYTES: u64 = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     #[error("storage: {0}")]
     Storage(#[from] sled::Error),
+    #[error("outbox log: {0}")]
+    Io(#[from] std::io::Error),
     /// Another process (normally the running gateway) holds the database lock.
     #[error("{path} is locked by another process")]
     Locked { path: std::path::PathBuf },
@@ -92,12 +87,9 @@ pub struct AppendOutcome {
 }
 
 #[derive(Debug, Default)]
-struct Counters {
-    next_seq: u64,
-    records: u64,
+struct QuarantineCounters {
     bytes: u64,
-    quarantine_bytes: u64,
-    quarantine_next: u64,
+    next: u64,
 }
 
 /// A quarantined payload.
@@ -145,14 +137,19 @@ fn quarantine_decode(key: &[u8], value: &[u8]) -> Result<(u64, QuarantineEntry),
     Ok((id, entry))
 }
 
-/// The outbox. Cheap to share behind an `Arc`; methods are blocking (sled I/O),
-/// call them from `spawn_blocking` in async code when they may flush.
+/// The outbox. Cheap to share behind an `Arc`; methods are blocking (file
+/// I/O), call them from `spawn_blocking` in async code when they may flush.
 #[derive(Debug)]
 pub struct Outbox {
     db: sled::Db,
-    tree: sled::Tree,
+    /// sled's data file, synced after sled's own flush (see [`Outbox::flush`]).
+    db_file: File,
+    meta: sled::Tree,
     quarantine: sled::Tree,
-    counters: Mutex<Counters>,
+    log: RecordLog,
+    quarantine_counters: Mutex<QuarantineCounters>,
+    /// The quarantine changed since the last flush.
+    quarantine_dirty: AtomicBool,
     /// Every record with a lower seq is durable (see [`Outbox::read_batch`]).
     durable_next: AtomicU64,
     max_bytes: u64,
@@ -168,144 +165,84 @@ pub struct Outbox {
     pub data_added: Notify,
 }
 
-fn record_key(seq: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = RECORD_PREFIX;
-    k[1..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn key_seq(key: &[u8]) -> Option<u64> {
-    let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
-    Some(u64::from_be_bytes(bytes))
-}
-
-fn checkpoint_key(key: &str) -> Vec<u8> {
-    [CHECKPOINT_PREFIX, key.as_bytes()].concat()
-}
-
 fn record_cost(value_len: usize) -> u64 {
     value_len as u64 + RECORD_OVERHEAD
 }
 
-/// A segment value from encoded records.
-fn segment_encode<T: AsRef<[u8]>>(items: &[T]) -> Vec<u8> {
-    let len: usize = items.iter().map(|i| 4 + i.as_ref().len()).sum();
-    let mut out = Vec::with_capacity(4 + len);
-    out.extend_from_slice(&(items.len() as u32).to_be_bytes());
-    for item in items {
-        out.extend_from_slice(&(item.as_ref().len() as u32).to_be_bytes());
-        out.extend_from_slice(item.as_ref());
-    }
-    out
+/// The segment size for an outbox capped at `max_bytes`.
+fn segment_bytes(max_bytes: u64) -> u64 {
+    (max_bytes / 16).clamp(SEGMENT_MIN_BYTES, SEGMENT_MAX_BYTES)
 }
 
-/// The records of a segment value, as slices; `None` if it is malformed.
-fn segment_items(value: &[u8]) -> Option<Vec<&[u8]>> {
-    let count = u32::from_be_bytes(value.get(..4)?.try_into().ok()?) as usize;
-    let mut items = Vec::with_capacity(count.min(SEGMENT_MAX_RECORDS));
-    let mut rest = &value[4..];
-    for _ in 0..count {
-        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-        items.push(rest.get(4..4 + len)?);
-        rest = &rest[4 + len..];
-    }
-    rest.is_empty().then_some(items)
-}
-
-/// Records in a segment value (its header), without parsing the rest.
-fn segment_count(value: &[u8]) -> u64 {
-    value
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, |b: [u8; 4]| u64::from(u32::from_be_bytes(b)))
-}
-
-/// What a segment value counts against the cap: Σ record_cost of its records.
-fn segment_cost(value: &[u8]) -> u64 {
-    let count = segment_count(value);
-    (value.len() as u64).saturating_sub(4 + 4 * count) + RECORD_OVERHEAD * count
-}
-
-fn corrupt(seq: u64) -> OutboxError {
-    OutboxError::Corrupt {
-        seq,
-        detail: "malformed segment".into(),
-    }
+fn open_sled(path: &Path, cfg: &StorageConfig) -> Result<sled::Db, OutboxError> {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(cfg.cache_capacity.as_u64())
+        // We decide when to flush; no background flusher.
+        .flush_every_ms(None)
+        .mode(sled::Mode::LowSpace)
+        .open()
+        .map_err(|e| match e {
+            // sled 0.34 reports a held flock only as an `Other` I/O error
+            // with this text (config.rs `try_lock`).
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::Other
+                    && io.to_string().contains("could not acquire lock") =>
+            {
+                OutboxError::Locked {
+                    path: path.to_owned(),
+                }
+            }
+            e => OutboxError::Storage(e),
+        })
 }
 
 impl Outbox {
     pub fn open(path: &Path, cfg: &StorageConfig) -> Result<Self, OutboxError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cfg.cache_capacity.as_u64())
-            // We decide when to fsync (group commit); no background flusher.
-            .flush_every_ms(None)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(|e| match e {
-                // sled 0.34 reports a held flock only as an `Other` I/O error
-                // with this text (config.rs `try_lock`).
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::Other
-                        && io.to_string().contains("could not acquire lock") =>
-                {
-                    OutboxError::Locked {
-                        path: path.to_owned(),
-                    }
-                }
-                e => OutboxError::Storage(e),
-            })?;
-        let tree = db.open_tree("outbox")?;
+        // sled first: its file lock keeps a second process out of the log too.
+        let db = open_sled(path, cfg)?;
+        let db_file = File::open(path.join("db"))?;
+        let meta = db.open_tree("outbox")?;
         let quarantine = db.open_tree("quarantine")?;
-        let mut c = Counters::default();
-        for kv in tree.scan_prefix([RECORD_PREFIX]) {
-            let (k, v) = kv?;
-            let count = segment_count(&v);
-            c.records += count;
-            c.bytes += segment_cost(&v);
-            if let Some(first) = key_seq(&k) {
-                c.next_seq = c.next_seq.max(first + count);
-            }
-        }
-        if let Some(v) = tree.get(NEXT_SEQ_KEY)? {
-            let stored = <[u8; 8]>::try_from(v.as_ref())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
-            c.next_seq = c.next_seq.max(stored);
-        }
-        let epoch = match tree.get(EPOCH_KEY)? {
+        let max_bytes = cfg.max_outbox_bytes.as_u64();
+        let log = RecordLog::open(&path.join(LOG_DIR), segment_bytes(max_bytes))?;
+        migrate::from_sled_segments(&meta, &log)?;
+        let epoch = match meta.get(EPOCH_KEY)? {
             Some(v) => <[u8; 8]>::try_from(v.as_ref())
                 .map(u64::from_be_bytes)
                 .unwrap_or(0),
             None => {
                 let epoch = rand::random::<u64>().max(1);
-                tree.insert(EPOCH_KEY, &epoch.to_be_bytes())?;
+                meta.insert(EPOCH_KEY, &epoch.to_be_bytes())?;
                 db.flush()?;
+                db_file.sync_all()?;
                 epoch
             }
         };
-        // Sequence numbers start at 1 so that 0 can mean "nothing yet".
-        c.next_seq = c.next_seq.max(1);
+        let mut q = QuarantineCounters::default();
         for kv in quarantine.iter() {
             let (k, v) = kv?;
-            c.quarantine_bytes += v.len() as u64;
+            q.bytes += v.len() as u64;
             if let Ok(id) = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes) {
-                c.quarantine_next = c.quarantine_next.max(id + 1);
+                q.next = q.next.max(id + 1);
             }
         }
-        if let Some(v) = tree.get(QUARANTINE_NEXT_KEY)?
+        if let Some(v) = meta.get(QUARANTINE_NEXT_KEY)?
             && let Ok(b) = <[u8; 8]>::try_from(v.as_ref())
         {
-            c.quarantine_next = c.quarantine_next.max(u64::from_be_bytes(b));
+            q.next = q.next.max(u64::from_be_bytes(b));
         }
+        let (_, _, next_seq) = log.counts();
         Ok(Outbox {
             db,
-            tree,
+            db_file,
+            meta,
             quarantine,
-            durable_next: AtomicU64::new(c.next_seq),
-            counters: Mutex::new(c),
-            max_bytes: cfg.max_outbox_bytes.as_u64(),
+            log,
+            quarantine_counters: Mutex::new(q),
+            quarantine_dirty: AtomicBool::new(false),
+            durable_next: AtomicU64::new(next_seq),
+            max_bytes,
             max_quarantine_bytes: cfg.max_quarantine_bytes.as_u64(),
             epoch,
             when_full: cfg.when_full,
@@ -315,10 +252,12 @@ impl Outbox {
         })
     }
 
-    fn counters(&self) -> std::sync::MutexGuard<'_, Counters> {
+    fn quarantine_counters(&self) -> std::sync::MutexGuard<'_, QuarantineCounters> {
         // A poisoned lock only means another thread panicked mid-update of plain
         // integers; the numbers are still usable.
-        self.counters.lock().unwrap_or_else(|p| p.into_inner())
+        self.quarantine_counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// This outbox's epoch (see the module docs).
@@ -328,12 +267,12 @@ impl Outbox {
 
     /// Records waiting to be uploaded.
     pub fn depth(&self) -> u64 {
-        self.counters().records
+        self.log.counts().0
     }
 
     /// Bytes counted against `max_outbox_bytes`.
     pub fn bytes(&self) -> u64 {
-        self.counters().bytes
+        self.log.counts().1
     }
 
     pub fn max_bytes(&self) -> u64 {
@@ -342,7 +281,7 @@ impl Outbox {
 
     /// The sequence number the next appended record will get.
     pub fn next_seq(&self) -> u64 {
-        self.counters().next_seq
+        self.log.counts().2
     }
 
     /// Encodes readings for [`Outbox::append_encoded`]; separate so callers can
@@ -359,19 +298,6 @@ impl Outbox {
             .collect()
     }
 
-    /// First seq of the segment that holds `seq`, if one does.
-    fn segment_at(&self, seq: u64) -> Result<Option<u64>, OutboxError> {
-        if let Some(kv) = self.tree.range(record_key(0)..=record_key(seq)).next_back() {
-            let (k, v) = kv?;
-            if let Some(first) = key_seq(&k)
-                && seq < first + segment_count(&v)
-            {
-                return Ok(Some(first));
-            }
-        }
-        Ok(None)
-    }
-
     /// Bytes the encoded values will occupy against the cap.
     pub fn cost(encoded: &[Vec<u8>]) -> u64 {
         encoded.iter().map(|v| record_cost(v.len())).sum()
@@ -381,7 +307,7 @@ impl Outbox {
     ///
     /// When the cap would be exceeded: `block` returns [`OutboxError::Full`] and
     /// writes nothing; `drop_oldest` deletes the oldest records in the same
-    /// atomic batch and reports how many.
+    /// write and reports how many.
     pub fn append_encoded(&self, encoded: &[Vec<u8>]) -> Result<AppendOutcome, OutboxError> {
         self.append_with_checkpoints(encoded, &[])
     }
@@ -393,9 +319,9 @@ impl Outbox {
         self.append_inner(&[encoded], &[], false).map(|_| ())
     }
 
-    /// [`Outbox::append_encoded`], and in the same atomic sled batch the
-    /// source cursors `checkpoints` (a later one with the same key wins). With
-    /// no records the checkpoints alone are written. When the append fails
+    /// [`Outbox::append_encoded`], and in the same log frame the source
+    /// cursors `checkpoints` (a later one with the same key wins). With no
+    /// records the checkpoints alone are written. When the append fails
     /// (`Full`, `TooBigForOutbox`, storage), no checkpoint is written either.
     pub fn append_with_checkpoints(
         &self,
@@ -412,98 +338,27 @@ impl Outbox {
         checkpoints: &[Checkpoint],
         evict: bool,
     ) -> Result<AppendOutcome, OutboxError> {
-        if encoded.is_empty() {
-            if !checkpoints.is_empty() {
-                let mut batch = sled::Batch::default();
-                for cp in checkpoints {
-                    batch.insert(checkpoint_key(&cp.key), cp.value.as_slice());
-                }
-                self.tree.apply_batch(batch)?;
-            }
+        if encoded.is_empty() && checkpoints.is_empty() {
             return Ok(AppendOutcome::default());
         }
-        let needed = Self::cost(encoded);
-        if needed > self.max_bytes {
-            return Err(OutboxError::TooBigForOutbox {
-                needed,
-                cap: self.max_bytes,
-            });
-        }
-        let mut c = self.counters();
-        let mut batch = sled::Batch::default();
-        let mut dropped = 0u64;
-        let mut freed = 0u64;
-        if c.bytes + needed > self.max_bytes {
-            if !evict {
-                return Err(OutboxError::Full {
-                    used: c.bytes,
-                    cap: self.max_bytes,
-                    needed,
-                });
-            }
-            // Whole segments, oldest first: a few more readings than
-            // strictly needed may go, and every one is counted.
-            for kv in self.tree.scan_prefix([RECORD_PREFIX]) {
-                if c.bytes - freed + needed <= self.max_bytes {
-                    break;
-                }
-                let (k, v) = kv?;
-                freed += segment_cost(&v);
-                dropped += segment_count(&v);
-                batch.remove(k);
-            }
-        }
-        let first = c.next_seq;
-        let mut seq = first;
-        let mut start = 0;
-        while start < encoded.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < encoded.len()
-                && end - start < SEGMENT_MAX_RECORDS
-                && (end == start || bytes + encoded[end].len() <= SEGMENT_MAX_BYTES)
-            {
-                bytes += encoded[end].len();
-                end += 1;
-            }
-            batch.insert(&record_key(seq), segment_encode(&encoded[start..end]));
-            seq += (end - start) as u64;
-            start = end;
-        }
-        let next = first + encoded.len() as u64;
-        batch.insert(NEXT_SEQ_KEY, &next.to_be_bytes());
-        for cp in checkpoints {
-            batch.insert(checkpoint_key(&cp.key), cp.value.as_slice());
-        }
-        self.tree.apply_batch(batch)?;
-        c.next_seq = next;
-        c.records = c.records + encoded.len() as u64 - dropped;
-        c.bytes = c.bytes + needed - freed;
-        Ok(AppendOutcome {
-            seqs: Some((first, next - 1)),
-            dropped,
-        })
+        let cursors: Vec<(&str, &[u8])> = checkpoints
+            .iter()
+            .map(|cp| (cp.key.as_str(), cp.value.as_slice()))
+            .collect();
+        self.log.append(encoded, &cursors, self.max_bytes, evict)
     }
 
     /// The last value stored for the source cursor `key` (durable once the
     /// append that wrote it was flushed; the ingest stage acknowledges only
     /// after that flush), or `None` if there is none.
     pub fn checkpoint(&self, key: &str) -> Result<Option<Vec<u8>>, OutboxError> {
-        Ok(self.tree.get(checkpoint_key(key))?.map(|v| v.to_vec()))
+        Ok(self.log.cursor(key))
     }
 
     /// Every stored cursor whose key starts with `prefix` (e.g. `"file:"`),
-    /// in key order. Keys that are not UTF-8 (never written by this code) are
-    /// skipped.
+    /// in key order.
     pub fn checkpoints(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, OutboxError> {
-        let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(checkpoint_key(prefix)) {
-            let (k, v) = kv?;
-            if let Ok(key) = std::str::from_utf8(&k[CHECKPOINT_PREFIX.len()..]) {
-                out.push((key.to_owned(), v.to_vec()));
-            }
-        }
-        Ok(out)
+        Ok(self.log.cursors(prefix))
     }
 
     /// Deletes the cursor `key` (e.g. a file that was fully ingested and moved
@@ -511,16 +366,30 @@ impl Outbox {
     /// a removal lost in a crash leaves only a stale cursor, which a source
     /// must recognise anyway (the file source keys on the file's identity).
     pub fn remove_checkpoint(&self, key: &str) -> Result<(), OutboxError> {
-        self.tree.remove(checkpoint_key(key))?;
-        Ok(())
+        self.log.remove_cursor(key)
     }
 
-    /// Makes everything written so far durable (one fsync of sled's log),
-    /// and with it lets the uplink read those records.
+    /// Makes everything written so far durable (one `fdatasync` of the log,
+    /// and sled's file when the quarantine changed), and with it lets the
+    /// uplink read those records.
     pub fn flush(&self) -> Result<(), OutboxError> {
-        let covered = self.counters().next_seq;
-        self.db.flush()?;
-        self.durable_next.fetch_max(covered, Ordering::AcqRel);
+        let synced = self.log.sync()?;
+        if self.quarantine_dirty.swap(false, Ordering::AcqRel) {
+            // sled 0.34's flush ends in `sync_file_range` on Linux, which
+            // neither flushes the drive's cache nor the file's size; the
+            // explicit sync does both.
+            let flushed = self
+                .db
+                .flush()
+                .map_err(OutboxError::from)
+                .and_then(|_| Ok(self.db_file.sync_all()?));
+            if let Err(e) = flushed {
+                self.quarantine_dirty.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+        self.durable_next
+            .fetch_max(synced.next_seq, Ordering::AcqRel);
         Ok(())
     }
 
@@ -542,82 +411,27 @@ impl Outbox {
         max_records: usize,
         max_bytes: u64,
     ) -> Result<Vec<OutboxRecord>, OutboxError> {
-        let mut out = Vec::new();
-        let mut bytes = 0u64;
         let end = self.durable_next();
         if from >= end {
-            return Ok(out);
+            return Ok(Vec::new());
         }
-        let start = self.segment_at(from)?.unwrap_or(from);
-        'segments: for kv in self.tree.range(record_key(start)..record_key(end)) {
-            let (k, v) = kv?;
-            let Some(first) = key_seq(&k) else { continue };
-            let items = segment_items(&v).ok_or_else(|| corrupt(first))?;
-            for (i, item) in items.into_iter().enumerate() {
-                let seq = first + i as u64;
-                if seq < from {
-                    continue;
-                }
-                let cost = record_cost(item.len());
-                if seq >= end
-                    || (!out.is_empty() && (out.len() >= max_records || bytes + cost > max_bytes))
-                {
-                    break 'segments;
-                }
+        self.log
+            .read(from, end, max_records, max_bytes)?
+            .into_iter()
+            .map(|(seq, bytes)| {
                 let item: OutboxItem =
-                    ciborium::from_reader(item).map_err(|e| OutboxError::Corrupt {
+                    ciborium::from_reader(bytes.as_slice()).map_err(|e| OutboxError::Corrupt {
                         seq,
                         detail: e.to_string(),
                     })?;
-                bytes += cost;
-                out.push(OutboxRecord { seq, item });
-            }
-        }
-        Ok(out)
+                Ok(OutboxRecord { seq, item })
+            })
+            .collect()
     }
 
     /// Deletes records `first..=last` after the sink confirmed them.
     pub fn remove_range(&self, first: u64, last: u64) -> Result<u64, OutboxError> {
-        // The counters lock is held across scan and delete, as in
-        // `append_encoded`: a concurrent `drop_oldest` must not count the same
-        // records as freed a second time.
-        let mut c = self.counters();
-        let mut batch = sled::Batch::default();
-        let mut n = 0u64;
-        let mut freed = 0u64;
-        let start = self.segment_at(first)?.unwrap_or(first);
-        for kv in self.tree.range(record_key(start)..=record_key(last)) {
-            let (k, v) = kv?;
-            let Some(seg_first) = key_seq(&k) else {
-                continue;
-            };
-            let items = segment_items(&v).ok_or_else(|| corrupt(seg_first))?;
-            let len = items.len() as u64;
-            // Keep what lies outside first..=last, under its own first seq.
-            let before = first.saturating_sub(seg_first).min(len) as usize;
-            let after = (last + 1).saturating_sub(seg_first).min(len) as usize;
-            let kept_before = &items[..before];
-            let kept_after = &items[after..];
-            if kept_before.is_empty() {
-                batch.remove(k);
-            } else {
-                batch.insert(&record_key(seg_first), segment_encode(kept_before));
-            }
-            if !kept_after.is_empty() {
-                batch.insert(
-                    &record_key(seg_first + after as u64),
-                    segment_encode(kept_after),
-                );
-            }
-            for item in &items[before..after] {
-                freed += record_cost(item.len());
-                n += 1;
-            }
-        }
-        self.tree.apply_batch(batch)?;
-        c.records = c.records.saturating_sub(n);
-        c.bytes = c.bytes.saturating_sub(freed);
-        drop(c);
+        let n = self.log.remove(first, last)?;
         // One waiter (ingest); a stored permit means no wakeup is lost.
         self.space_freed.notify_one();
         Ok(n)
@@ -628,12 +442,12 @@ impl Outbox {
     pub fn quarantine(&self, entry: &QuarantineEntry) -> Result<(), OutboxError> {
         let mut value = Vec::with_capacity(entry.payload.len() + 128);
         ciborium::into_writer(entry, &mut value).map_err(|e| OutboxError::Encode(e.to_string()))?;
-        let mut c = self.counters();
+        let mut c = self.quarantine_counters();
         let mut batch = sled::Batch::default();
         let mut freed = 0u64;
-        if c.quarantine_bytes + value.len() as u64 > self.max_quarantine_bytes {
+        if c.bytes + value.len() as u64 > self.max_quarantine_bytes {
             for kv in self.quarantine.iter() {
-                if c.quarantine_bytes - freed + value.len() as u64 <= self.max_quarantine_bytes {
+                if c.bytes - freed + value.len() as u64 <= self.max_quarantine_bytes {
                     break;
                 }
                 let (k, v) = kv?;
@@ -641,11 +455,12 @@ impl Outbox {
                 batch.remove(k);
             }
         }
-        let id = c.quarantine_next;
+        let id = c.next;
         batch.insert(&id.to_be_bytes(), value.as_slice());
         self.quarantine.apply_batch(batch)?;
-        c.quarantine_next += 1;
-        c.quarantine_bytes = c.quarantine_bytes + value.len() as u64 - freed;
+        self.quarantine_dirty.store(true, Ordering::Release);
+        c.next += 1;
+        c.bytes = c.bytes + value.len() as u64 - freed;
         drop(c);
         if self.uplink_quarantine {
             self.report_quarantined(entry);
@@ -721,7 +536,7 @@ impl Outbox {
     pub fn quarantine_purge(&self, filter: &QuarantineFilter) -> Result<u64, OutboxError> {
         // Held across scan and delete, as in `quarantine`: a concurrent insert
         // dropping the oldest entries must not count them as freed twice.
-        let mut c = self.counters();
+        let mut c = self.quarantine_counters();
         let mut batch = sled::Batch::default();
         let (mut n, mut freed) = (0u64, 0u64);
         for kv in self.quarantine.iter() {
@@ -741,28 +556,29 @@ impl Outbox {
             return Ok(0);
         }
         // Before the deletion: a crash in between leaves entries, not reused ids.
-        self.tree
-            .insert(QUARANTINE_NEXT_KEY, &c.quarantine_next.to_be_bytes())?;
+        self.meta
+            .insert(QUARANTINE_NEXT_KEY, &c.next.to_be_bytes())?;
         self.quarantine.apply_batch(batch)?;
-        c.quarantine_bytes = c.quarantine_bytes.saturating_sub(freed);
+        self.quarantine_dirty.store(true, Ordering::Release);
+        c.bytes = c.bytes.saturating_sub(freed);
         drop(c);
         self.flush()?;
         Ok(n)
     }
 
     pub fn quarantine_bytes(&self) -> u64 {
-        self.counters().quarantine_bytes
+        self.quarantine_counters().bytes
     }
 
     /// Human summary for logs.
     pub fn describe(&self) -> String {
-        let c = self.counters();
+        let (records, bytes, next_seq) = self.log.counts();
+        let (segments, on_disk) = self.log.footprint();
         format!(
-            "{} records, {} of {} used, next seq {}",
-            c.records,
-            ByteSize::b(c.bytes),
+            "{records} records, {} of {} used, next seq {next_seq}, {segments} log segments ({} on disk)",
+            ByteSize::b(bytes),
             ByteSize::b(self.max_bytes),
-            c.next_seq
+            ByteSize::b(on_disk),
         )
     }
 }
@@ -1005,35 +821,6 @@ mod tests {
             expected
         );
         assert_eq!(ob.next_seq(), 601);
-    }
-
-    #[test]
-    fn segment_values_round_trip_and_malformed_ones_are_refused() {
-        let items = vec![b"abc".to_vec(), Vec::new(), vec![7; 300]];
-        let value = segment_encode(&items);
-        let back: Vec<Vec<u8>> = segment_items(&value)
-            .unwrap()
-            .into_iter()
-            .map(<[u8]>::to_vec)
-            .collect();
-        assert_eq!(back, items);
-        assert_eq!(segment_count(&value), 3);
-        assert_eq!(
-            segment_cost(&value),
-            items.iter().map(|i| record_cost(i.len())).sum::<u64>()
-        );
-        assert!(
-            segment_items(&value[..value.len() - 1]).is_none(),
-            "truncated"
-        );
-        assert!(
-            segment_items(&[value.as_slice(), b"x"].concat()).is_none(),
-            "trailing bytes"
-        );
-        assert!(
-            segment_items(&[0xff, 0xff, 0xff, 0xff]).is_none(),
-            "a huge count with no records"
-        );
     }
 
     #[test]
