@@ -28,6 +28,8 @@
 
 mod log;
 mod migrate;
+#[cfg(test)]
+mod model_test;
 
 use std::fs::File;
 use std::path::Path;
