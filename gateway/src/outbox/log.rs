@@ -43,6 +43,10 @@ const INDEX_STRIDE: u64 = 64 * 1024;
 /// Bytes read from a segment at a time.
 const READ_CHUNK: usize = 256 * 1024;
 const SUFFIX: &str = ".seg";
+/// A dead segment kept to be reused as the next one: writing over blocks a
+/// file already has changes no file-system metadata, so `fdatasync` writes
+/// the data alone, without a journal commit per sync.
+const SPARE: &str = "spare";
 
 const SNAPSHOT: u8 = 1;
 const APPEND: u8 = 2;
@@ -322,6 +326,8 @@ struct State {
     /// Write generation, and the generation the last sync covered.
     written: u64,
     synced: u64,
+    /// A dead segment file waits under [`SPARE`] to be reused.
+    has_spare: bool,
 }
 
 /// See the module docs. Methods block on file I/O.
@@ -369,6 +375,7 @@ impl RecordLog {
             cursors: BTreeMap::new(),
             written: 0,
             synced: 0,
+            has_spare: dir.join(SPARE).exists(),
         };
         // Pass 1: valid lengths, removals, cursors, the next seq, the index.
         for id in ids {
@@ -411,10 +418,12 @@ impl RecordLog {
                 true
             })?;
             if len < file_len {
-                tracing::warn!(
+                // Old bytes of a reused file, or a write a crash cut short:
+                // either way nothing acknowledged (synced) is there.
+                tracing::debug!(
                     segment = %path.display(),
                     ignored_bytes = file_len - len,
-                    "The outbox log ends in an incomplete write (a crash or power cut while writing); nothing acknowledged was in it."
+                    "Outbox log segment read up to its first frame that does not check out."
                 );
             }
             seg.len = len;
@@ -470,10 +479,12 @@ impl RecordLog {
         }
         let id = st.next_segment;
         let path = segment_path(&self.dir, id);
+        let reused = st.has_spare && std::fs::rename(self.dir.join(SPARE), &path).is_ok();
+        st.has_spare = false;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
+            .create_new(!reused)
             .open(&path)?;
         let mut payload = st.next_seq.to_le_bytes().to_vec();
         put_pairs(
@@ -785,7 +796,12 @@ impl RecordLog {
             let Some(seg) = st.segments.pop_front() else {
                 break;
             };
-            if let Err(e) = std::fs::remove_file(segment_path(&self.dir, seg.id)) {
+            let path = segment_path(&self.dir, seg.id);
+            if !st.has_spare && std::fs::rename(&path, self.dir.join(SPARE)).is_ok() {
+                st.has_spare = true;
+                continue;
+            }
+            if let Err(e) = std::fs::remove_file(&path) {
                 tracing::warn!(error = %e, segment = seg.id, "Cannot delete an outbox log segment; it is retried after a restart.");
             }
         }
@@ -828,7 +844,18 @@ impl RecordLog {
         (st.records, st.bytes, st.next_seq)
     }
 
-    /// Segment files, and bytes they take on disk.
+    /// The active segment's path, valid length and snapshot length.
+    #[cfg(test)]
+    pub(super) fn active_segment(&self) -> (PathBuf, u64, u64) {
+        let st = self.lock();
+        let seg = st
+            .segments
+            .back()
+            .expect("an open log has an active segment");
+        (segment_path(&self.dir, seg.id), seg.len, seg.base)
+    }
+
+    /// Segment files, and bytes of valid frames in them.
     pub(super) fn footprint(&self) -> (usize, u64) {
         let st = self.lock();
         (st.segments.len(), st.segments.iter().map(|s| s.len).sum())
@@ -860,6 +887,7 @@ mod tests {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
             .collect();
         v.sort();
         v
@@ -979,6 +1007,10 @@ mod tests {
         assert_eq!(log.remove(1, 190).unwrap(), 0, "removing twice counts once");
         let after = seg_files(dir.path()).len();
         assert!(after <= 2, "{after} segments left of {before}");
+        assert!(
+            dir.path().join(SPARE).exists(),
+            "a dead segment is kept for reuse"
+        );
         assert_eq!(log.counts(), (10, 10 * record_cost(12), 201));
         log.sync().unwrap();
         drop(log);
@@ -998,6 +1030,34 @@ mod tests {
         let log = RecordLog::open(dir.path(), 1024).unwrap();
         assert_eq!(log.cursors("k").len(), 2);
         assert_eq!(log.cursor("k1"), None);
+    }
+
+    #[test]
+    fn a_dead_segment_is_reused_and_written_over_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RecordLog::open(dir.path(), 1024).unwrap();
+        let mut seq = 1;
+        // Fill and empty segments until a spare has been taken into use.
+        let reused = loop {
+            log.append(&[rec(seq)], &[], u64::MAX, false).unwrap();
+            log.remove(seq, seq).unwrap();
+            seq += 1;
+            let (path, len, _) = log.active_segment();
+            let on_disk = std::fs::metadata(&path).unwrap().len();
+            if on_disk > len {
+                break (path, on_disk);
+            }
+            assert!(seq < 1000, "no segment was reused");
+        };
+        // Appends within the old size change neither the size nor the reads.
+        log.append(&[rec(5000)], &[], u64::MAX, false).unwrap();
+        log.sync().unwrap();
+        let (path, _, _) = log.active_segment();
+        assert_eq!(path, reused.0);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), reused.1);
+        drop(log);
+        let log = RecordLog::open(dir.path(), 1024).unwrap();
+        assert_eq!(all(&log), vec![(seq, rec(5000))]);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! everything (what kill -9 leaves: the page cache survives).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use proptest::prelude::*;
 
@@ -67,15 +67,6 @@ fn bytes(seq: u64, len: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (seq as u8).wrapping_mul(31).wrapping_add(i))
         .collect()
-}
-
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    v.sort();
-    v
 }
 
 fn all(log: &RecordLog) -> BTreeMap<u64, Vec<u8>> {
@@ -170,8 +161,7 @@ fn run(ops: Vec<Op>) {
                     .iter()
                     .map(|(k, v)| (k.clone(), vec![Some(*v)]))
                     .collect();
-                let active = segments(&path).pop().unwrap();
-                let len = std::fs::metadata(&active).unwrap().len();
+                let (active, len, _) = l.active_segment();
                 synced_at = Some((active, len));
             }
             Op::Remove(a, n) => {
@@ -220,24 +210,26 @@ fn run(ops: Vec<Op>) {
                 log = Some(l);
             }
             Op::Crash(keep) => {
+                let (active, len, base) = l.active_segment();
                 drop(log.take());
-                let active = segments(&path).pop().unwrap();
-                let len = std::fs::metadata(&active).unwrap().len();
                 let synced = match &synced_at {
                     Some((p, n)) if *p == active => *n,
                     // Created by a roll, which synced its snapshot.
-                    _ => {
-                        let head = std::fs::read(&active).unwrap();
-                        9 + u32::from_le_bytes(head[..4].try_into().unwrap()) as u64
-                    }
+                    _ => base,
                 };
                 let cut = synced + (len - synced) * u64::from(keep) / 1000;
-                std::fs::OpenOptions::new()
+                let file = std::fs::OpenOptions::new()
                     .write(true)
                     .open(&active)
-                    .unwrap()
-                    .set_len(cut)
                     .unwrap();
+                if keep % 2 == 0 {
+                    file.set_len(cut).unwrap();
+                } else {
+                    // The unsynced pages hold old bytes, not the new ones.
+                    use std::os::unix::fs::FileExt;
+                    let junk: Vec<u8> = (cut..len).map(|i| (i * 7 + 3) as u8).collect();
+                    file.write_all_at(&junk, cut).unwrap();
+                }
                 let l = RecordLog::open(&path, SEGMENT_BYTES).unwrap();
                 let got = all(&l);
                 for (seq, v) in &got {
