@@ -90,6 +90,11 @@ struct Args {
     /// journal and metadata included.
     #[arg(long, value_name = "DIR")]
     wear_dir: Option<PathBuf>,
+    /// `storage.max_outbox_bytes` of the storage-wear gateway (the shipped
+    /// default, 256 MiB, makes 8 MiB log segments; a smaller cap makes them
+    /// cycle within a short run).
+    #[arg(long, value_name = "SIZE", default_value = "256 MiB")]
+    wear_max_outbox: String,
 }
 
 /// One load of the storage-wear phase.
@@ -697,7 +702,8 @@ fn wear_run(
     let mut opts = GatewayOpts::new(broker.port, sink);
     // The shipped defaults, not the tests' quick linger.
     opts.linger = "500ms";
-    opts.max_outbox = "256 MiB";
+    // GatewayOpts holds &'static strs; one small leak per bench run.
+    opts.max_outbox = args.wear_max_outbox.clone().leak();
     if let Some(delay) = &args.wear_commit_delay {
         opts.extra = format!("[ingest]\nmax_commit_delay = \"{delay}\"\n");
     }
