@@ -82,9 +82,10 @@ pub struct GatewayConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// Directory of the sled database holding the outbox and quarantine.
+    /// Directory of the outbox (its segment log) and the quarantine (sled).
     pub path: PathBuf,
-    /// sled page-cache size. sled's own default is 1 GiB, far too much for a Pi.
+    /// Page cache of the sled database (quarantine, epoch). sled's own default
+    /// is 1 GiB, far too much for a Pi.
     pub cache_capacity: ByteSize,
     /// Outbox size cap (sum of stored record sizes).
     pub max_outbox_bytes: ByteSize,

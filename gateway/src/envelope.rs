@@ -29,7 +29,7 @@ pub struct Envelope {
 
 /// A source's durable cursor (file offset, SQL cursor value, ETag…).
 ///
-/// The ingest stage writes it in the **same** sled batch as the readings of
+/// The ingest stage writes it in the **same** outbox log frame as the readings of
 /// the envelope that carries it, so "readings durable" and "cursor advanced"
 /// are one atomic step: after a crash either both are there or neither is.
 /// An envelope with `Content::Readings(vec![])` and a checkpoint only

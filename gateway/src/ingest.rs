@@ -2,7 +2,7 @@
 //! and only then lets sources acknowledge.
 //!
 //! Group commit: the task takes every envelope waiting in the queue (up to
-//! `max_commit_batch`), appends them with atomic sled batches, flushes once,
+//! `max_commit_batch`), appends them as atomic outbox log frames, flushes once,
 //! and resolves each envelope's `done` channel in arrival order. While a flush
 //! runs, new envelopes collect in the queue and form the next group, so the
 //! fsync rate adapts to load; `min_commit_interval` caps it.

@@ -1,5 +1,5 @@
 //! `outpost-gateway self-test`: a short end-to-end check of the parts of the
-//! gateway that depend on the platform it runs on (sled storage and fsync,
+//! gateway that depend on the platform it runs on (outbox storage and fsync,
 //! the decoders, CBOR, the async runtime), without touching the network or
 //! the real outbox. Used to prove a cross build works (under qemu in CI, or
 //! on the Pi itself after installing).
