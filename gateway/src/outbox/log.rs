@@ -572,16 +572,7 @@ impl RecordLog {
             }
         })?;
         let n = records.len() as u64;
-        if let Some(seg) = st.segments.back_mut() {
-            seg.note_append(first_seq, n, at);
-            seg.live += n;
-        }
-        st.next_seq = first_seq + n;
-        st.records += n;
-        st.bytes += needed;
-        for (k, v) in cursors {
-            st.cursors.insert((*k).to_owned(), v.to_vec());
-        }
+        note_append(&mut st, first_seq, records, cursors, at);
         for &(first, last) in &evicted {
             self.mark_removed(&mut st, first, last)?;
         }
@@ -609,17 +600,7 @@ impl RecordLog {
         }
         let payload = append_payload(first_seq, records, cursors);
         let at = self.write(&mut st, |seg, buf| frame(buf, seg, APPEND, &payload))?;
-        let n = records.len() as u64;
-        if let Some(seg) = st.segments.back_mut() {
-            seg.note_append(first_seq, n, at);
-            seg.live += n;
-        }
-        st.next_seq = first_seq + n;
-        st.records += n;
-        st.bytes += records.iter().map(|r| record_cost(r.len())).sum::<u64>();
-        for (k, v) in cursors {
-            st.cursors.insert((*k).to_owned(), v.to_vec());
-        }
+        note_append(&mut st, first_seq, records, cursors, at);
         Ok(())
     }
 
@@ -859,6 +840,27 @@ impl RecordLog {
     pub(super) fn footprint(&self) -> (usize, u64) {
         let st = self.lock();
         (st.segments.len(), st.segments.iter().map(|s| s.len).sum())
+    }
+}
+
+/// Counts an append frame written at `at` of the active segment.
+fn note_append(
+    st: &mut State,
+    first_seq: u64,
+    records: &[Vec<u8>],
+    cursors: &[(&str, &[u8])],
+    at: u64,
+) {
+    let n = records.len() as u64;
+    if let Some(seg) = st.segments.back_mut() {
+        seg.note_append(first_seq, n, at);
+        seg.live += n;
+    }
+    st.next_seq = first_seq + n;
+    st.records += n;
+    st.bytes += records.iter().map(|r| record_cost(r.len())).sum::<u64>();
+    for (k, v) in cursors {
+        st.cursors.insert((*k).to_owned(), v.to_vec());
     }
 }
 

@@ -63,6 +63,18 @@ struct Model {
     cursor_candidates: BTreeMap<String, Vec<Option<u8>>>,
 }
 
+impl Model {
+    /// Everything live now survives a crash; cursors are their current values.
+    fn mark_synced(&mut self) {
+        self.durable = self.live.clone();
+        self.cursor_candidates = self
+            .cursors
+            .iter()
+            .map(|(k, v)| (k.clone(), vec![Some(*v)]))
+            .collect();
+    }
+}
+
 fn bytes(seq: u64, len: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (seq as u8).wrapping_mul(31).wrapping_add(i))
@@ -155,12 +167,7 @@ fn run(ops: Vec<Op>) {
             Op::Sync => {
                 l.sync().unwrap();
                 m.synced_next = m.next_seq;
-                m.durable = m.live.clone();
-                m.cursor_candidates = m
-                    .cursors
-                    .iter()
-                    .map(|(k, v)| (k.clone(), vec![Some(*v)]))
-                    .collect();
+                m.mark_synced();
                 let (active, len, _) = l.active_segment();
                 synced_at = Some((active, len));
             }
@@ -200,12 +207,7 @@ fn run(ops: Vec<Op>) {
                 // Everything read back from disk is durable now.
                 l.sync().unwrap();
                 m.synced_next = m.next_seq;
-                m.durable = m.live.clone();
-                m.cursor_candidates = m
-                    .cursors
-                    .iter()
-                    .map(|(k, v)| (k.clone(), vec![Some(*v)]))
-                    .collect();
+                m.mark_synced();
                 synced_at = None;
                 log = Some(l);
             }
@@ -276,12 +278,7 @@ fn run(ops: Vec<Op>) {
                     .filter_map(|k| Some(((*k).to_owned(), l.cursor(k)?[0])))
                     .collect();
                 l.sync().unwrap();
-                m.durable = m.live.clone();
-                m.cursor_candidates = m
-                    .cursors
-                    .iter()
-                    .map(|(k, v)| (k.clone(), vec![Some(*v)]))
-                    .collect();
+                m.mark_synced();
                 synced_at = None;
                 log = Some(l);
             }
